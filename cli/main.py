@@ -1,0 +1,176 @@
+"""The `nnspec` command.
+
+Exit codes: 0 success; 2 bad input (spec, data, arguments); 1 anything else. Errors are one
+line each on stderr (`file:line:col: message` for specs), never a traceback unless
+`NNSPEC_DEBUG=1`. Heavy imports happen inside the verbs: `validate` never imports JAX and
+`predict` needs only numpy and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from nnspec import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2)."""
+
+
+def _load(path: str, overrides: Sequence[str] = ()) -> Any:
+    from nnspec.spec.validate import load_spec
+
+    return load_spec(path, overrides)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from nnspec.compiler.graph import build_graph
+
+    for path in args.specs:
+        loaded = _load(path, args.set)
+        graph = build_graph(loaded)
+        outs = ", ".join(f"{k} {tuple(graph.node(v).shape)}" for k, v in graph.outputs.items())
+        print(f"{path}: ok ({len(graph.nodes)} nodes; outputs: {outs})")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    loaded = _load(args.spec, args.set)
+    from nnspec.compiler.graph import build_graph
+
+    build_graph(loaded)  # every spec error before JAX is even imported
+    out = args.out or os.path.join("runs", loaded.spec.name)
+    from nnspec.compiler.run import train_run
+
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    result = train_run(loaded, out, log)
+    summary = {split: m for split, m in result.metrics.items() if split != "training"}
+    print(json.dumps({"out": out, "metrics": summary,
+                      "samples_per_second": round(result.metrics["training"]
+                                                  ["samples_per_second"], 1),
+                      "parity": {k: result.parity[k] for k in ("passed", "max_abs_diff")}},
+                     indent=2))
+    return EXIT_OK
+
+
+def _read_input(path: str) -> Any:
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--input: no such file {path!r}")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--input: cannot read {path!r} as .npy/.npz: {err}") from None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from nnspec.runtime import load
+
+    model = load(args.model)
+    x = _read_input(args.input)
+    if isinstance(x, dict) and len(model.inputs) == 1 and model.inputs[0].name not in x:
+        if len(x) != 1:
+            raise UsageError(f"--input: {args.input!r} holds {sorted(x)}; the model's input is "
+                             f"{model.inputs[0].name!r}")
+        x = next(iter(x.values()))
+    outputs = model.predict(x)
+    labels = model.labels
+    report: dict[str, Any] = {}
+    for name, value in outputs.items():
+        entry: dict[str, Any] = {"shape": list(value.shape), "values": value.tolist()}
+        if value.ndim == 2 and value.shape[-1] > 1:
+            classes = value.argmax(-1).tolist()
+            entry["class"] = classes
+            if name in labels:
+                entry["label"] = [labels[name][c] for c in classes]
+        report[name] = entry
+    print(json.dumps({"model": args.model, "outputs": report}))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnspec", description="Describe a neural network in YAML; train it with Flax and "
+        "Optax under XLA; export it to ONNX, cross-checked against onnxruntime.")
+    parser.add_argument("--version", action="version", version=f"nnspec {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+    overrides = dict(action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override a spec value, e.g. --set train.epochs=1 (repeatable)")
+
+    p = verbs.add_parser("validate", help="check specs: schema, graph and shapes (no JAX)",
+                         description="Check one or more specs without compiling anything: "
+                         "schema, layer parameters, references and every shape.")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=cmd_validate)
+
+    p = verbs.add_parser("train", help="train, export to ONNX and cross-check",
+                         description="Train a spec, export the trained model to ONNX, "
+                         "cross-check the export in onnxruntime and write the run directory "
+                         "(model.onnx, metrics.json, parity.json, history.json, specs).")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME)")
+    p.add_argument("--set", **overrides)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("predict", help="run an exported model (numpy + onnxruntime only)",
+                         description="Run an exported ONNX model on samples from a .npy or "
+                         ".npz file and print the outputs as JSON.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--input", required=True, metavar="FILE",
+                   help=".npy batch (or one sample), or .npz with one array per input")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _exit_code(err: BaseException) -> tuple[int, str]:
+    """Map an exception to an exit code and a one-line (or located multi-line) message."""
+    from nnspec.spec.errors import DataError, SpecError
+
+    if isinstance(err, SpecError):
+        return EXIT_BAD_INPUT, str(err)
+    if isinstance(err, DataError | UsageError):
+        return EXIT_BAD_INPUT, f"error: {err}"
+    runtime = sys.modules.get("nnspec.runtime.model")
+    if runtime and isinstance(err, runtime.InputError):
+        return EXIT_BAD_INPUT, f"error: {err}"
+    if isinstance(err, FileNotFoundError):
+        return EXIT_BAD_INPUT, f"error: {err}"
+    return EXIT_FAILURE, f"error: {type(err).__name__}: {err}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `nnspec` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI's job is to turn errors into messages
+        if os.environ.get("NNSPEC_DEBUG"):
+            raise
+        code, message = _exit_code(err)
+        print(message, file=sys.stderr)
+        return code
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

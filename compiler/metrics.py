@@ -1,0 +1,21 @@
+"""Metrics by spec name, as per-batch sums so that batches and devices add up exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def accuracy_sum(out: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:
+    """Weighted count of samples whose argmax matches the label (or the one-hot target's)."""
+    target = y if jnp.issubdtype(y.dtype, jnp.integer) and y.ndim == out.ndim - 1 else (
+        jnp.argmax(y, axis=-1))
+    hit = (jnp.argmax(out, axis=-1) == target).astype(jnp.float32)
+    return jnp.sum(hit.reshape(len(y), -1).mean(-1) * weight)
+
+
+METRICS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = {
+    "accuracy": accuracy_sum,
+}

@@ -1,0 +1,98 @@
+"""Run an exported model with numpy and onnxruntime only: what an edge device installs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
+              "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8}
+
+
+class InputError(ValueError):
+    """Input that does not fit the model: named, with the shape or dtype it expected."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: name, per-sample shape (None for free) and numpy dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+
+def _info(arg: Any) -> TensorInfo:
+    dims = tuple(d if isinstance(d, int) else None for d in arg.shape[1:])
+    return TensorInfo(arg.name, dims, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
+
+
+class Model:
+    """An ONNX model loaded into an onnxruntime session on the CPU."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"no model file at {self.path!r}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        self.inputs = [_info(a) for a in self.session.get_inputs()]
+        self.outputs = [_info(a) for a in self.session.get_outputs()]
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        """Class names per output, when the spec gave them."""
+        return json.loads(self.metadata.get("labels", "{}"))
+
+    def _prepare(self, info: TensorInfo, x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        if x.shape == tuple(d for d in info.shape) and None not in info.shape:
+            x = x[None]  # one sample without its batch axis
+        want = info.shape
+        if x.ndim != len(want) + 1 or any(w is not None and w != g
+                                          for w, g in zip(want, x.shape[1:])):
+            raise InputError(f"input {info.name!r} expects shape (batch, "
+                             f"{', '.join('?' if d is None else str(d) for d in want)}), "
+                             f"got {x.shape}")
+        if x.dtype != info.dtype:
+            if np.issubdtype(info.dtype, np.integer) and not np.issubdtype(x.dtype, np.integer):
+                if not np.array_equal(x, np.round(x)):
+                    raise InputError(f"input {info.name!r} expects {info.dtype.name} values, "
+                                     f"got non-integer {x.dtype.name} data")
+            if np.issubdtype(info.dtype, np.integer) and x.size:
+                lo, hi = np.iinfo(info.dtype).min, np.iinfo(info.dtype).max
+                if x.min() < lo or x.max() > hi:
+                    raise InputError(f"input {info.name!r} expects {info.dtype.name} values in "
+                                     f"[{lo}, {hi}], got [{x.min()}, {x.max()}]")
+            x = x.astype(info.dtype)
+        return np.ascontiguousarray(x)
+
+    def predict(self, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name for a batch (or a single sample) of inputs."""
+        if not isinstance(x, Mapping):
+            if len(self.inputs) != 1:
+                raise InputError(f"the model has {len(self.inputs)} inputs "
+                                 f"({', '.join(i.name for i in self.inputs)}); pass a mapping")
+            x = {self.inputs[0].name: x}
+        missing = [i.name for i in self.inputs if i.name not in x]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model takes "
+                             f"{[i.name for i in self.inputs]}")
+        feeds = {i.name: self._prepare(i, x[i.name]) for i in self.inputs}
+        values = self.session.run(None, feeds)
+        return {o.name: v for o, v in zip(self.outputs, values)}
+
+
+def load(path: str | os.PathLike, threads: int | None = None) -> Model:
+    """Load an exported model for inference."""
+    return Model(path, threads)

@@ -1,0 +1,48 @@
+"""Errors that point at the YAML: every problem carries a file, a line and a column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """A position in a spec file; `line` and `col` are 1-based, as editors show them."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located message."""
+
+    location: Location
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+class SpecError(ValueError):
+    """One or more problems in a spec, each at its YAML location.
+
+    Raised with every problem found in a pass, so a user fixes them all in one edit.
+    """
+
+    def __init__(self, problems: list[Problem] | Problem):
+        self.problems = [problems] if isinstance(problems, Problem) else list(problems)
+        self.problems.sort(key=lambda p: (p.location.file, p.location.line, p.location.col))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def at(cls, location: Location, message: str) -> SpecError:
+        return cls(Problem(location, message))
+
+
+class DataError(ValueError):
+    """Data named by a spec is missing or does not fit the model (bad input: exit code 2)."""

@@ -1,0 +1,133 @@
+"""The spec language's sections as pydantic models: the single source of truth for their keys.
+
+Layer entries stay plain mappings here: each layer type owns its parameter schema in its own file
+under `compiler/layers/`, and the compiler validates them against the layer registry.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPEC_VERSION = 1
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=128)]
+Dtype = Literal["float32", "float64", "int32", "int64", "uint8"]
+LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "mse")
+METRICS = ("accuracy",)
+OPTIMIZERS = ("adam", "sgd")
+DATA_SOURCES = ("digits", "mnist", "fashion_mnist", "npz")
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 21, 21
+
+
+class SpecModel(BaseModel):
+    """Base of every section: unknown keys are errors, values are immutable after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class InputSpec(SpecModel):
+    """One named model input; `shape` excludes the batch dimension (`null` for a free length)."""
+
+    shape: list[Annotated[int, Field(gt=0)] | None] = Field(min_length=1, max_length=8)
+    dtype: Dtype = "float32"
+
+
+class OutputSpec(SpecModel):
+    """One named model output, taken from a layer (by default the last one)."""
+
+    from_: Name | None = Field(default=None, alias="from")
+    labels: list[str] | None = Field(default=None, description="class names, index order")
+
+
+class OptimizerSpec(SpecModel):
+    """An Optax optimizer. `optimizer: adam` is short for `optimizer: {name: adam}`."""
+
+    name: Literal["adam", "sgd"]
+    learning_rate: float = Field(default=1e-3, gt=0)
+    momentum: float | None = Field(default=None, ge=0, lt=1, description="sgd only")
+    nesterov: bool = Field(default=False, description="sgd only")
+    b1: float = Field(default=0.9, ge=0, lt=1, description="adam only")
+    b2: float = Field(default=0.999, ge=0, lt=1, description="adam only")
+    eps: float = Field(default=1e-8, gt=0, description="adam only")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class TrainSpec(SpecModel):
+    """How to train: epochs, batches, optimizer, loss, metrics and the seed of the whole run."""
+
+    epochs: int = Field(ge=1, le=100_000)
+    batch_size: int = Field(default=32, ge=1, le=1 << 20)
+    optimizer: OptimizerSpec = OptimizerSpec(name="adam")
+    loss: Literal["categorical_crossentropy", "sparse_categorical_crossentropy", "mse"]
+    metrics: list[Literal["accuracy"]] = Field(default_factory=list)
+    seed: int = Field(default=0, ge=0, lt=1 << 32)
+
+
+class DataSpec(SpecModel):
+    """Where the data comes from and how it is split.
+
+    `digits` ships with nnspec; `mnist` and `fashion_mnist` download once (checksummed) into a
+    cache; `npz` reads `x`/`y` (or `x_train`/`y_train`/`x_test`/`y_test`) from `path`, relative
+    to the spec file.
+    """
+
+    source: Literal["digits", "mnist", "fashion_mnist", "npz"]
+    path: str | None = None
+    validation_split: float = Field(default=0.1, ge=0, lt=1)
+    test_split: float = Field(default=0.2, ge=0, lt=1,
+                              description="used only when the source has no test split")
+    limit: int | None = Field(default=None, ge=1, description="use at most this many samples")
+    seed: int = Field(default=0, ge=0, lt=1 << 32, description="seed of the shuffles and splits")
+
+    @model_validator(mode="after")
+    def _path_for_npz(self) -> DataSpec:
+        if self.source == "npz" and not self.path:
+            raise ValueError("`path` is required when source is 'npz'")
+        return self
+
+
+class ParitySpec(SpecModel):
+    """The cross-check of the exported ONNX model against the trained Flax model."""
+
+    samples: int = Field(default=256, ge=1, le=100_000)
+    atol: float = Field(default=1e-5, gt=0)
+    rtol: float = Field(default=1e-5, ge=0)
+
+
+class ExportSpec(SpecModel):
+    """How the trained model is exported."""
+
+    opset: int = Field(default=DEFAULT_OPSET, ge=MIN_OPSET, le=MAX_OPSET)
+    parity: ParitySpec = ParitySpec()
+
+
+class Spec(SpecModel):
+    """A whole spec: the model (`inputs`, `layers`, `outputs`) and its training and export."""
+
+    version: int = Field(description=f"spec format version; this nnspec reads {SPEC_VERSION}")
+    name: Name
+    description: str = ""
+    inputs: dict[Name, InputSpec] = Field(min_length=1)
+    layers: list[dict[str, Any]] = Field(min_length=1)
+    outputs: dict[Name, OutputSpec] | None = None
+    data: DataSpec | None = None
+    train: TrainSpec | None = None
+    export: ExportSpec = ExportSpec()
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _known_version(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value > SPEC_VERSION:
+            raise ValueError(f"spec version {value} is newer than this nnspec reads "
+                             f"({SPEC_VERSION}); upgrade nnspec")
+        if value != SPEC_VERSION:
+            raise ValueError(f"expected version {SPEC_VERSION}")
+        return value
