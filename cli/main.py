@@ -24,28 +24,28 @@ class UsageError(ValueError):
     """Bad command-line input (exit code 2)."""
 
 
-def _load(path: str, overrides: Sequence[str] = ()) -> Any:
-    from nnspec.spec.validate import load_spec
-
-    return load_spec(path, overrides)
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    from nnspec.compiler.graph import build_graph
+    from nnspec.compiler.graph import check_spec
+    from nnspec.spec.errors import SpecError
 
+    problems = []
     for path in args.specs:
-        loaded = _load(path, args.set)
-        graph = build_graph(loaded)
+        try:
+            _, graph = check_spec(path, args.set)
+        except SpecError as err:
+            problems += err.problems
+            continue
         outs = ", ".join(f"{k} {tuple(graph.node(v).shape)}" for k, v in graph.outputs.items())
         print(f"{path}: ok ({len(graph.nodes)} nodes; outputs: {outs})")
+    if problems:
+        raise SpecError(problems)
     return EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    loaded = _load(args.spec, args.set)
-    from nnspec.compiler.graph import build_graph
+    from nnspec.compiler.graph import check_spec
 
-    build_graph(loaded)  # every spec error before JAX is even imported
+    loaded, _ = check_spec(args.spec, args.set)  # every spec error before JAX is imported
     out = args.out or os.path.join("runs", loaded.spec.name)
     from nnspec.compiler.run import train_run
 

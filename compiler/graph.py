@@ -7,7 +7,8 @@ cycles, duplicate names, and shape mismatches anywhere in the graph. No JAX impo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,14 @@ from pydantic import ValidationError
 from nnspec.compiler.layers.base import Layer, Shape, describe, discover
 from nnspec.spec.errors import Problem, SpecError
 from nnspec.spec.schema import InputSpec
-from nnspec.spec.validate import LoadedSpec, did_you_mean, pydantic_problems
-from nnspec.spec.yamlio import Path
+from nnspec.spec.validate import (
+    LoadedSpec,
+    apply_overrides,
+    did_you_mean,
+    pydantic_problems,
+    validate_document,
+)
+from nnspec.spec.yamlio import Document, Path, load_file
 
 GRAPH_KEYS = ("type", "name", "inputs")
 
@@ -71,9 +78,9 @@ class _Entry:
 
 
 class _Builder:
-    def __init__(self, loaded: LoadedSpec):
+    def __init__(self, doc: Document, loaded: LoadedSpec | None = None):
         self.loaded = loaded
-        self.doc = loaded.doc
+        self.doc = doc
         self.problems: list[Problem] = []
         self.registry = discover()
 
@@ -96,9 +103,8 @@ class _Builder:
         try:
             layer = cls.model_validate(params)
         except ValidationError as err:
-            problems = pydantic_problems(err, cls, params, self.doc, prefix=path)
-            self.problems += [Problem(p.location, p.message.replace(
-                "unknown key", f"unknown parameter for layer type {kind!r}:", 1)) for p in problems]
+            self.problems += pydantic_problems(err, cls, params, self.doc, prefix=path,
+                                               noun="parameter", label=f"layers.{i} ({kind})")
             return None
         counts[kind] = counts.get(kind, 0) + 1
         name = raw.get("name") or f"{kind}_{counts[kind]}"
@@ -133,6 +139,8 @@ class _Builder:
                 self.fail((*e.path, "name"), f"duplicate name {e.name!r}: already used by "
                           f"{'an input' if known[e.name] == ('inputs',) else 'another layer'}")
             known[e.name] = e.path
+        if self.problems:
+            raise SpecError(self.problems)
         entries = self.expand_activations(entries, known)
         nodes = self.link(entries, known)
         outputs = self.outputs(entries, known)
@@ -237,8 +245,16 @@ class _Builder:
             try:
                 shape = e.layer.infer(*ins)
             except ValueError as err:
-                got = ", ".join(f"{describe(s)} from {r!r}" for s, r in zip(ins, e.refs or []))
-                self.fail(e.path, f"layer {e.name!r} ({e.layer.type_name}) {err}; input: {got}")
+                # A layer may say where in its message the source goes (`{source}`); otherwise
+                # the input shapes and their sources are appended.
+                msg = str(err)
+                sources = ", ".join(repr(r) for r in e.refs or [])
+                if "{source}" in msg:
+                    msg = msg.replace("{source}", sources)
+                else:
+                    got = ", ".join(f"{describe(s)} from {r!r}" for s, r in zip(ins, e.refs or []))
+                    msg = f"{msg}; input: {got}"
+                self.fail(e.path, f"layer {e.name!r} ({e.layer.type_name}) {msg}")
                 continue
             origin = e.refs[0] if e.internal and e.refs else None
             nodes.append(Node(e.name, e.layer, tuple(e.refs or []), shape, e.path, origin))
@@ -249,4 +265,28 @@ class _Builder:
 def build_graph(loaded: LoadedSpec) -> Graph:
     """Resolve, check and shape-infer the model of a validated spec; raises `SpecError` with
     every problem found."""
-    return _Builder(loaded).build()
+    return _Builder(loaded.doc, loaded).build()
+
+
+def layer_problems(doc: Document) -> list[Problem]:
+    """The per-layer checks (types, parameters) of a document whose other sections may be
+    invalid, so that one run reports every problem."""
+    builder = _Builder(doc)
+    layers = doc.data.get("layers") if isinstance(doc.data, dict) else None
+    for i, raw in enumerate(layers if isinstance(layers, list) else []):
+        if isinstance(raw, dict):
+            builder.entry(i, raw, {})
+    return builder.problems
+
+
+def check_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[LoadedSpec, Graph]:
+    """Load, override, validate and build a spec file, reporting every problem at once."""
+    doc = load_file(path)
+    if overrides and isinstance(doc.data, dict):
+        apply_overrides(doc, overrides)
+    try:
+        spec = validate_document(doc)
+    except SpecError as err:
+        raise SpecError(err.problems + layer_problems(doc)) from None
+    loaded = LoadedSpec(spec, doc)
+    return loaded, build_graph(loaded)

@@ -80,9 +80,21 @@ def _dotted(path: Path) -> str:
 
 
 def pydantic_problems(err: ValidationError, model: type[BaseModel], data: Any, doc: Document,
-                      prefix: Path = ()) -> list[Problem]:
-    """Turn pydantic's errors into located problems in the Keras/Equinox message style."""
+                      prefix: Path = (), noun: str = "key", label: str | None = None
+                      ) -> list[Problem]:
+    """Turn pydantic's errors into located problems in the Keras/Equinox message style.
+
+    A misspelt key is reported once, as an unknown key with a suggestion, rather than also as
+    the missing key it was meant to be."""
     problems = []
+    suggested: set[Path] = set()
+    for e in err.errors():
+        if e["type"] == "extra_forbidden":
+            path = _data_path(data, tuple(e["loc"]))
+            owner = _model_at(model, tuple(path[:-1]))
+            close = difflib.get_close_matches(str(path[-1]), _keys_of(owner) if owner else [],
+                                              n=1, cutoff=0.6)
+            suggested |= {(*path[:-1], c) for c in close}
     for e in err.errors():
         path = _data_path(data, tuple(e["loc"]))
         full = (*prefix, *path)
@@ -92,10 +104,13 @@ def pydantic_problems(err: ValidationError, model: type[BaseModel], data: Any, d
             owner = _model_at(model, tuple(path[:-1]))
             hint = did_you_mean(str(key), _keys_of(owner)) if owner else ""
             valid = f" Valid keys: {', '.join(_keys_of(owner))}." if owner and not hint else ""
-            msg = f"unknown key {key!r} in {_dotted(full[:-1])}{hint}{valid}"
+            where = label or _dotted(full[:-1])
+            msg = f"{where}: unknown {noun} {key!r}{hint}{valid}"
             problems.append(Problem(doc.source.locate(full, key=True), msg))
             continue
         if kind == "missing":
+            if path in suggested:
+                continue
             msg = f"{_dotted(full)}: missing required key {key!r}"
             problems.append(Problem(doc.source.locate(full[:-1]), msg))
             continue

@@ -39,6 +39,11 @@ class Dense(Layer):
     )
 
     def infer(self, shape: Shape) -> Shape:
+        # Dense maps the last axis, so a sequence of vectors is fine; an image is almost
+        # always a forgotten flatten.
+        if len(shape) > 2:
+            raise ValueError(f"expects a flat input (or a sequence of vectors), got "
+                             f"{describe(shape)} from {{source}}; add a flatten layer")
         if shape[-1] is None:
             raise ValueError(f"needs a known last dimension, got {describe(shape)}")
         return (*shape[:-1], self.units)
