@@ -35,15 +35,15 @@ def example_graph(layer: type[Layer], example: Example) -> Graph:
     return build_graph(LoadedSpec(validate_document(doc), doc))
 
 
-def sample_inputs(graph: Graph, batch: int, seed: int = 0, free: int = 5
+def sample_inputs(graph: Graph, batch: int, seed: int = 0, free: int = 5, high: int = 16
                   ) -> dict[str, np.ndarray]:
-    """Random inputs for a graph: normal floats, small non-negative integers."""
+    """Random inputs for a graph: normal floats, integers in [0, high)."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, spec in graph.inputs.items():
         shape = (batch, *(free if d is None else d for d in spec.shape))
         if spec.dtype.startswith(("int", "uint")):
-            out[name] = rng.integers(0, 16, size=shape).astype(spec.dtype)
+            out[name] = rng.integers(0, high, size=shape).astype(spec.dtype)
         else:
             out[name] = rng.normal(size=shape).astype(spec.dtype)
     return out
@@ -51,37 +51,43 @@ def sample_inputs(graph: Graph, batch: int, seed: int = 0, free: int = 5
 
 @dataclass
 class ExampleReport:
-    """What one example showed."""
+    """What one example showed: shapes by each route, and each runtime's outputs."""
 
     inferred: Shape
     flax_shape: tuple[int, ...]
     onnx_shape: tuple[Any, ...]
-    max_abs_diff: float
-    variables: Any
+    expected: np.ndarray
     outputs: dict[str, np.ndarray]
+    variables: Any
+
+    def max_abs_diff(self, runtime: str = "onnxruntime") -> float:
+        got = self.outputs[runtime]
+        if not got.size:
+            return 0.0
+        return float(np.max(np.abs(self.expected.astype(np.float64) - got)))
 
 
-def run_example(layer: type[Layer], example: Example, batch: int = 3, opset: int = 21
+def run_example(layer: type[Layer], example: Example, batch: int = 3, free: int = 5,
+                opset: int = 21, runtimes: tuple[str, ...] = ("onnxruntime",), seed: int = 0
                 ) -> ExampleReport:
-    """Initialise the layer, run it in Flax and (exported) in onnxruntime on one random batch."""
-    import onnxruntime as ort
-
+    """Initialise the layer and run it in Flax and, exported, in each named runtime on one
+    random batch (`free` is the length given to free dimensions such as time)."""
     from nnspec.compiler.onnx_export import inferred_shapes, to_onnx
+    from nnspec.runtime.runners import RUNNERS
 
     graph = example_graph(layer, example)
     module = GraphModule(graph)
-    inputs = sample_inputs(graph, batch)
-    variables = module.init(jax.random.key(0), {k: jnp.asarray(v) for k, v in inputs.items()})
+    inputs = sample_inputs(graph, batch, seed=seed, free=free,
+                           high=example.extra.get("int_high", 16))
+    variables = module.init(jax.random.key(seed), {k: jnp.asarray(v) for k, v in inputs.items()})
     spec_out = jax.eval_shape(lambda v, x: module.apply(v, x), variables, inputs)["output"]
     with jax.default_matmul_precision("highest"):
         expected = np.asarray(module.apply(variables, inputs)["output"])
     model = to_onnx(graph, jax.device_get(variables), opset)
     final = next(n.input[0] for n in model.graph.node if n.output[0] == "output")
     onnx_shape = inferred_shapes(model).get(final, ())
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = session.run(["output"], inputs)[0]
+    data = model.SerializeToString()
+    outputs = {name: np.asarray(RUNNERS[name](data, inputs)["output"]) for name in runtimes}
     return ExampleReport(
-        inferred=graph.output_node("output").shape,
-        flax_shape=tuple(spec_out.shape), onnx_shape=tuple(onnx_shape),
-        max_abs_diff=float(np.max(np.abs(expected.astype(np.float64) - got))) if got.size else 0.0,
-        variables=variables, outputs={"flax": expected, "onnxruntime": got})
+        inferred=graph.output_node("output").shape, flax_shape=tuple(spec_out.shape),
+        onnx_shape=tuple(onnx_shape), expected=expected, outputs=outputs, variables=variables)

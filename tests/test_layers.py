@@ -12,6 +12,7 @@ import pytest
 from nnspec.compiler.flax_backend import GraphModule
 from nnspec.compiler.layer_check import example_graph, run_example, sample_inputs
 from nnspec.compiler.layers.base import discover
+from nnspec.runtime.runners import available
 
 REGISTRY = discover()
 CASES = [pytest.param(cls, ex, id=f"{name}-{i}")
@@ -23,19 +24,36 @@ def test_every_layer_has_examples(name):
     assert REGISTRY[name].examples, f"layer {name!r} has no parity examples"
 
 
+RUNTIMES = tuple(available())
+
+
+def _tolerance(example):
+    return example.extra.get("atol", 1e-5)
+
+
 @pytest.mark.parametrize(("layer", "example"), CASES)
-def test_shapes_agree_and_onnxruntime_matches_flax(layer, example):
-    report = run_example(layer, example, batch=3)
-    assert report.flax_shape == (3, *report.inferred)
-    assert report.onnx_shape[1:] == report.inferred
-    assert report.outputs["onnxruntime"].shape == report.flax_shape
-    assert report.max_abs_diff <= 1e-5, report.max_abs_diff
+def test_shapes_agree_and_every_runtime_matches_flax(layer, example):
+    report = run_example(layer, example, batch=3, runtimes=RUNTIMES)
+    free = 5  # run_example's length for free dimensions
+    inferred = tuple(free if d is None else d for d in report.inferred)
+    assert report.flax_shape == (3, *inferred)
+    assert tuple(d if isinstance(d, int) else None for d in report.onnx_shape[1:]) == tuple(
+        report.inferred)
+    for runtime in RUNTIMES:
+        assert report.outputs[runtime].shape == report.flax_shape, runtime
+        assert report.max_abs_diff(runtime) <= _tolerance(example), (
+            runtime, report.max_abs_diff(runtime))
 
 
 @pytest.mark.parametrize(("layer", "example"), CASES)
 def test_batch_of_one_matches(layer, example):
     report = run_example(layer, example, batch=1)
-    assert report.max_abs_diff <= 1e-5
+    assert report.max_abs_diff() <= _tolerance(example)
+
+
+def test_all_three_runtimes_are_installed():
+    # The test extras install them; a missing one would silently thin the parity matrix.
+    assert set(RUNTIMES) == {"onnxruntime", "tract", "reference"}
 
 
 @pytest.mark.parametrize(("layer", "example"),
