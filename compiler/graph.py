@@ -144,6 +144,8 @@ class _Builder:
         entries = self.expand_activations(entries, known)
         nodes = self.link(entries, known)
         outputs = self.outputs(entries, known)
+        if not self.problems:
+            self.unused(entries, outputs)
         if self.problems:
             raise SpecError(self.problems)
         graph = Graph(spec.name, dict(spec.inputs), tuple(self.infer(nodes)), outputs)
@@ -234,6 +236,19 @@ class _Builder:
                           f"is no layer{did_you_mean(src, [e.name for e in entries])}")
             result[out] = self.alias.get(src, src)
         return result
+
+    def unused(self, entries: list[_Entry], outputs: dict[str, str]) -> None:
+        """Every layer must feed another layer or an output, and every input must be read."""
+        consumed = {r for e in entries for r in e.refs or []} | set(outputs.values())
+        by_name = {e.name: e for e in entries}
+        for e in entries:
+            if e.name not in consumed:
+                layer = by_name[e.refs[0]] if e.internal and e.refs else e
+                self.fail(e.path, f"layer {layer.name!r} ({layer.layer.type_name}) is unused: "
+                          "no layer takes its output and no output comes from it")
+        for name in self.loaded.spec.inputs:
+            if name not in consumed:
+                self.fail(("inputs", name), f"input {name!r} is not used by any layer", key=True)
 
     def infer(self, entries: list[_Entry]) -> list[Node]:
         shapes: dict[str, Shape] = {k: tuple(v.shape) for k, v in self.loaded.spec.inputs.items()}

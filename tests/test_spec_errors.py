@@ -86,6 +86,10 @@ CASES = [
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
         for p, c in zip("abcdefg", "bcdefgh")), 1, "", "alias bomb"),
     ("tabs", "version: 1\n\tname: x\n", 2, "", "YAML syntax error"),
+    ("unused-layer", GOOD.replace("  - {type: softmax}", "  - {type: softmax}\n  - {type: dense, units: 4, inputs: dense_1, activation: relu}") + "outputs:\n  y: {from: softmax_1}\n", 9, "{",
+     "layer 'dense_3' (dense) is unused: no layer takes its output and no output comes from it"),
+    ("unused-input", GOOD.replace("  x: {shape: [8]}", "  x: {shape: [8]}\n  z: {shape: [2]}").replace("  - {type: dense, units: 16, activation: relu}", "  - {type: dense, units: 16, activation: relu, inputs: x}"), 5, "z",
+     "input 'z' is not used by any layer"),
     ("npz-without-path", GOOD.replace("{source: digits}", "{source: npz}"), 9, "{",
      "`path` is required when source is 'npz'"),
     ("bad-split", GOOD.replace("{source: digits}", "{source: digits, validation_split: 1.5}"), 9,
