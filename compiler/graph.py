@@ -289,7 +289,7 @@ def layer_problems(doc: Document) -> list[Problem]:
     builder = _Builder(doc)
     layers = doc.data.get("layers") if isinstance(doc.data, dict) else None
     for i, raw in enumerate(layers if isinstance(layers, list) else []):
-        if isinstance(raw, dict):
+        if isinstance(raw, dict) and "block" not in raw:
             builder.entry(i, raw, {})
     return builder.problems
 

@@ -35,8 +35,12 @@ class SpecError(ValueError):
     """
 
     def __init__(self, problems: list[Problem] | Problem):
-        self.problems = [problems] if isinstance(problems, Problem) else list(problems)
-        self.problems.sort(key=lambda p: (p.location.file, p.location.line, p.location.col))
+        given = [problems] if isinstance(problems, Problem) else list(problems)
+        # One message per position: a problem inside a block template would otherwise repeat
+        # for every use of the block.
+        unique = {p.location: p for p in reversed(given)}
+        self.problems = sorted(unique.values(), key=lambda p: (p.location.file, p.location.line,
+                                                               p.location.col))
         super().__init__("\n".join(str(p) for p in self.problems))
 
     @classmethod

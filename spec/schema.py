@@ -107,6 +107,15 @@ class ExportSpec(SpecModel):
     parity: ParitySpec = ParitySpec()
 
 
+class BlockSpec(SpecModel):
+    """A reusable list of layers with parameters (`$name` in a value; `$input` as a reference
+    to the block's input)."""
+
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="parameter defaults; null makes one required")
+    layers: list[dict[str, Any]] = Field(min_length=1)
+
+
 class Spec(SpecModel):
     """A whole spec: the model (`inputs`, `layers`, `outputs`) and its training and export."""
 
@@ -115,6 +124,7 @@ class Spec(SpecModel):
     description: str = ""
     inputs: dict[Name, InputSpec] = Field(min_length=1)
     layers: list[dict[str, Any]] = Field(min_length=1)
+    blocks: dict[Name, BlockSpec] | None = None
     outputs: dict[Name, OutputSpec] | None = None
     data: DataSpec | None = None
     train: TrainSpec | None = None

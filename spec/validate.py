@@ -195,6 +195,9 @@ def validate_document(doc: Document) -> Spec:
         kind = type(doc.data).__name__
         raise SpecError.at(doc.source.locate(()), f"a spec must be a mapping at the top level, "
                            f"got a {kind}")
+    from nnspec.spec.blocks import expand_blocks
+
+    expand_blocks(doc)
     try:
         return Spec.model_validate(doc.data)
     except ValidationError as err:
