@@ -20,8 +20,8 @@ class GraphModule(nn.Module):
         return self.forward(inputs, train)[0]
 
     def forward(self, inputs: dict[str, Any], train: bool) -> tuple[dict, dict]:
-        """Outputs by name, and for outputs produced by a softmax the logits that feed it
-        (so a cross-entropy loss can be computed stably from them)."""
+        """Outputs by name, and for outputs produced by a softmax or a sigmoid the logits that
+        feed it (so a cross-entropy loss can be computed stably from them)."""
         values = dict(inputs)
         for node in self.graph.nodes:
             args = [values[i] for i in node.inputs]
@@ -30,7 +30,8 @@ class GraphModule(nn.Module):
         logits = {}
         for out, src in self.graph.outputs.items():
             node = self.graph.node(src)
-            if node.type == "softmax" and node.layer.axis in (-1, len(node.shape)):
+            last_axis = node.type == "softmax" and node.layer.axis in (-1, len(node.shape))
+            if last_axis or node.type == "sigmoid":
                 logits[out] = values[node.inputs[0]]
         return outputs, logits
 

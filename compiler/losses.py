@@ -1,53 +1,92 @@
-"""Losses by spec name. Each takes the model's outputs, the logits feeding a final softmax
-(when there is one), integer or float targets and per-sample weights, and returns a scalar."""
+"""Losses by spec name, as per-sample values: the trainer weighs and averages them.
+
+Each takes the output, the logits that feed a final softmax or sigmoid (None otherwise),
+the targets and the loss spec. From logits, cross-entropies are exact and stable.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from nnspec.spec.schema import LossSpec
+
 _EPS = 1e-7  # Keras' clip for cross-entropy on probabilities
 
-
-def _weighted_mean(per_sample: jax.Array, weight: jax.Array) -> jax.Array:
-    return jnp.sum(per_sample * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+LossFn = Callable[[jax.Array, jax.Array | None, jax.Array, LossSpec], jax.Array]
 
 
-def _as_one_hot(y: jax.Array, k: int) -> jax.Array:
-    return jax.nn.one_hot(y, k) if jnp.issubdtype(y.dtype, jnp.integer) else y
+def _per_sample(values: jax.Array, n: int) -> jax.Array:
+    return values.reshape(n, -1).mean(-1)
+
+
+def _one_hot(y: jax.Array, k: int, smoothing: float) -> jax.Array:
+    target = jax.nn.one_hot(y, k) if jnp.issubdtype(y.dtype, jnp.integer) else y
+    return optax.smooth_labels(target, smoothing) if smoothing else target
 
 
 def categorical_crossentropy(out: jax.Array, logits: jax.Array | None, y: jax.Array,
-                             weight: jax.Array) -> jax.Array:
-    """Cross-entropy against one-hot targets (integer labels are one-hot encoded). From the
-    logits when the output is a softmax, which is exact and stable; else from probabilities."""
-    target = _as_one_hot(y, out.shape[-1])
+                             spec: LossSpec) -> jax.Array:
+    """Cross-entropy against one-hot targets; integer labels are one-hot encoded."""
+    target = _one_hot(y, out.shape[-1], spec.label_smoothing)
     if logits is not None:
         per = optax.softmax_cross_entropy(logits, target)
     else:
         per = -jnp.sum(target * jnp.log(jnp.clip(out, _EPS, 1.0)), axis=-1)
-    return _weighted_mean(per.reshape(len(y), -1).mean(-1), weight)
+    return _per_sample(per, len(y))
 
 
 def sparse_categorical_crossentropy(out: jax.Array, logits: jax.Array | None, y: jax.Array,
-                                    weight: jax.Array) -> jax.Array:
+                                    spec: LossSpec) -> jax.Array:
     """Cross-entropy against integer class labels."""
-    return categorical_crossentropy(out, logits, y.astype(jnp.int32), weight)
+    return categorical_crossentropy(out, logits, y.astype(jnp.int32), spec)
 
 
-def mse(out: jax.Array, logits: jax.Array | None, y: jax.Array, weight: jax.Array) -> jax.Array:
-    """Mean squared error; integer labels against a vector output are one-hot encoded first."""
-    target = _as_one_hot(y, out.shape[-1]) if y.ndim < out.ndim else y.astype(out.dtype)
-    per = jnp.square(out - target.reshape(out.shape)).reshape(len(y), -1).mean(-1)
-    return _weighted_mean(per, weight)
+def binary_crossentropy(out: jax.Array, logits: jax.Array | None, y: jax.Array,
+                        spec: LossSpec) -> jax.Array:
+    """Cross-entropy of independent yes/no outputs (0/1 targets of the output's shape)."""
+    target = y.astype(out.dtype).reshape(out.shape)
+    if spec.label_smoothing:
+        target = target * (1 - spec.label_smoothing) + 0.5 * spec.label_smoothing
+    if logits is not None:
+        per = optax.sigmoid_binary_cross_entropy(logits, target)
+    else:
+        p = jnp.clip(out, _EPS, 1 - _EPS)
+        per = -(target * jnp.log(p) + (1 - target) * jnp.log(1 - p))
+    return _per_sample(per, len(y))
 
 
-LOSSES: dict[str, Callable[..., Any]] = {
+def _regression_target(out: jax.Array, y: jax.Array) -> jax.Array:
+    # Integer labels against a vector output: the classic one-hot regression target.
+    if y.ndim < out.ndim and out.shape[-1] > 1 and jnp.issubdtype(y.dtype, jnp.integer):
+        return jax.nn.one_hot(y, out.shape[-1])
+    return y.astype(out.dtype).reshape(out.shape)
+
+
+def mse(out: jax.Array, logits: jax.Array | None, y: jax.Array, spec: LossSpec) -> jax.Array:
+    """Mean squared error."""
+    return _per_sample(jnp.square(out - _regression_target(out, y)), len(y))
+
+
+def mae(out: jax.Array, logits: jax.Array | None, y: jax.Array, spec: LossSpec) -> jax.Array:
+    """Mean absolute error."""
+    return _per_sample(jnp.abs(out - _regression_target(out, y)), len(y))
+
+
+def huber(out: jax.Array, logits: jax.Array | None, y: jax.Array, spec: LossSpec) -> jax.Array:
+    """Huber loss: squared below `delta`, linear above (Keras' definition)."""
+    return _per_sample(optax.huber_loss(out, _regression_target(out, y), spec.delta), len(y))
+
+
+LOSSES: dict[str, LossFn] = {
     "categorical_crossentropy": categorical_crossentropy,
     "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
+    "binary_crossentropy": binary_crossentropy,
     "mse": mse,
+    "mae": mae,
+    "huber": huber,
 }
+CLASSIFICATION = {"categorical_crossentropy", "sparse_categorical_crossentropy"}

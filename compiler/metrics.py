@@ -9,7 +9,11 @@ import jax.numpy as jnp
 
 
 def accuracy_sum(out: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:
-    """Weighted count of samples whose argmax matches the label (or the one-hot target's)."""
+    """Weighted count of samples whose argmax matches the label (or the one-hot target's);
+    for a single sigmoid unit, whether the output rounds to the 0/1 target."""
+    if out.shape[-1] == 1:
+        hit = ((out > 0.5) == (y.reshape(out.shape) > 0.5)).astype(jnp.float32)
+        return jnp.sum(hit.reshape(len(y), -1).mean(-1) * weight)
     target = y if jnp.issubdtype(y.dtype, jnp.integer) and y.ndim == out.ndim - 1 else (
         jnp.argmax(y, axis=-1))
     hit = (jnp.argmax(out, axis=-1) == target).astype(jnp.float32)

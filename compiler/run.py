@@ -57,8 +57,7 @@ def parity_inputs(graph: Graph, data: Dataset, samples: int) -> dict[str, Any]:
     """Held-out samples for the cross-check: test first, then validation, then training."""
     split = data.test if len(data.test) else data.validation if len(data.validation) else (
         data.train)
-    (name,) = graph.inputs
-    return {name: split.x[:samples]}
+    return {name: split.x[name][:samples] for name in graph.inputs}
 
 
 def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lambda s: None
@@ -72,15 +71,16 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
             raise SpecError.at(loaded.doc.source.locate(()), f"`{section}` section is required "
                                "to train")
     graph = build_graph(loaded)
-    data = make_dataset(spec.data, spec.inputs, loaded.folder)
+    from nnspec.compiler.train import Trainer, resolve_heads
+
+    heads = resolve_heads(loaded, graph)
+    data = make_dataset(spec.data, spec.inputs, list(graph.outputs), loaded.folder)
     log(f"data: {len(data.train)} train, {len(data.validation)} validation, "
         f"{len(data.test)} test samples")
 
     from nnspec.compiler.onnx_export import check_shapes, to_onnx
     from nnspec.compiler.parity import cross_check
-    from nnspec.compiler.train import Trainer
-
-    trainer = Trainer(graph, spec.train)
+    trainer = Trainer(graph, spec.train, heads)
     result = trainer.fit(data, log)
 
     os.makedirs(out_dir, exist_ok=True)

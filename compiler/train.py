@@ -16,11 +16,12 @@ import optax
 from nnspec.compiler.data.dataset import Dataset, Split
 from nnspec.compiler.flax_backend import TrainingModule
 from nnspec.compiler.graph import Graph
-from nnspec.compiler.losses import LOSSES
+from nnspec.compiler.losses import CLASSIFICATION, LOSSES
 from nnspec.compiler.metrics import METRICS
 from nnspec.compiler.optimizers import make_optimizer
-from nnspec.spec.errors import DataError
-from nnspec.spec.schema import TrainSpec
+from nnspec.spec.errors import DataError, Problem, SpecError
+from nnspec.spec.schema import LossSpec, TrainSpec
+from nnspec.spec.validate import LoadedSpec
 
 EVAL_BATCH = 1024
 
@@ -39,22 +40,57 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_targets(graph: Graph, train: TrainSpec, split: Split) -> None:
-    (out,) = graph.outputs
-    shape = graph.output_node(out).shape
-    y = split.y
-    if train.loss != "mse" or y.ndim == 1:
+@dataclass(frozen=True)
+class Head:
+    """One trained output: its loss, loss weight and metrics."""
+
+    output: str
+    loss: LossSpec
+    weight: float
+    metrics: tuple[str, ...]
+
+
+def resolve_heads(loaded: LoadedSpec, graph: Graph) -> list[Head]:
+    """The loss and metrics of every output: its own, else the `train` section's."""
+    spec = loaded.spec
+    heads, problems = [], []
+    for out in graph.outputs:
+        own = (spec.outputs or {}).get(out)
+        loss = own.loss if own and own.loss else spec.train.loss
+        if loss is None:
+            where = ("outputs", out) if own else ("train",)
+            problems.append(Problem(loaded.doc.source.locate(where, key=True),
+                                    f"output {out!r} has no loss: set train.loss, or "
+                                    f"outputs.{out}.loss"))
+            continue
+        metrics = own.metrics if own and own.metrics is not None else spec.train.metrics
+        heads.append(Head(out, loss, own.loss_weight if own else 1.0, tuple(metrics)))
+    if problems:
+        raise SpecError(problems)
+    return heads
+
+
+def _check_targets(graph: Graph, head: Head, y: np.ndarray) -> None:
+    shape = graph.output_node(head.output).shape
+    name, out = head.loss.name, head.output
+    if name in CLASSIFICATION or (name in ("mse", "mae", "huber") and y.ndim == 1
+                                  and np.issubdtype(y.dtype, np.integer) and shape[-1] > 1):
+        if name == "categorical_crossentropy" and y.shape[1:] == shape:
+            return  # one-hot targets
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            if train.loss == "categorical_crossentropy" and y.shape[1:] == shape:
-                return
-            raise DataError(f"loss {train.loss!r} needs integer class labels, one per sample; "
-                            f"the targets have shape {y.shape[1:]} and dtype {y.dtype}")
+            raise DataError(f"output {out!r}: loss {name!r} needs integer class labels, one "
+                            f"per sample; the targets have shape {y.shape[1:]} and dtype "
+                            f"{y.dtype}")
         if len(y) and (y.min() < 0 or y.max() >= shape[-1]):
             raise DataError(f"class labels range over [{y.min()}, {y.max()}] but output {out!r} "
                             f"has {shape[-1]} classes (shape {shape})")
-    elif y.shape[1:] != shape:
-        raise DataError(f"loss 'mse' compares output {out!r} of shape {shape} with targets of "
-                        f"shape {y.shape[1:]}")
+        weights = head.loss.class_weights
+        if weights is not None and len(weights) != shape[-1]:
+            raise DataError(f"output {out!r}: class_weights has {len(weights)} entries for "
+                            f"{shape[-1]} classes")
+    elif int(np.prod(y.shape[1:])) != int(np.prod(shape)):
+        raise DataError(f"loss {name!r} compares output {out!r} of shape {shape} with targets "
+                        f"of shape {y.shape[1:]}")
 
 
 def _padded_batches(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,61 +103,71 @@ def _padded_batches(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Trainer:
-    """Builds the jitted train and eval steps of one graph under one train spec."""
+    """Builds the jitted train and eval steps of one graph, its heads and its train spec."""
 
-    def __init__(self, graph: Graph, train: TrainSpec):
-        if len(graph.outputs) != 1 or len(graph.inputs) != 1:
-            raise DataError("training needs one input and one output for now; the model has "
-                            f"inputs {list(graph.inputs)} and outputs {list(graph.outputs)}")
-        self.graph, self.spec = graph, train
+    def __init__(self, graph: Graph, train: TrainSpec, heads: list[Head]):
+        self.graph, self.spec, self.heads = graph, train, heads
         self.module = TrainingModule(graph)
-        (self.input,) = graph.inputs
-        (self.output,) = graph.outputs
         self.tx = make_optimizer(train.optimizer)
-        self.loss = LOSSES[train.loss]
-        self.metrics = {m: METRICS[m] for m in train.metrics}
         key = jax.random.key(train.seed)
         self.init_key, self.dropout_key = jax.random.split(key)
+        self.single = len(heads) == 1
 
-    def init(self, x: np.ndarray) -> dict[str, Any]:
-        """Initial variables from the seed (only the sample shape of `x` matters)."""
+    def init(self, x: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Initial variables from the seed (only the sample shapes of `x` matter)."""
         return self.module.init({"params": self.init_key, "dropout": self.dropout_key},
-                                {self.input: jnp.asarray(x[:1])}, train=False)
+                                {k: jnp.asarray(v[:1]) for k, v in x.items()}, train=False)
 
-    def _sums(self, out: jax.Array, logits: jax.Array | None, y: jax.Array, w: jax.Array,
-              loss: jax.Array | None = None) -> dict[str, jax.Array]:
-        if loss is None:
-            loss = self.loss(out, logits, y, w)
-        sums = {"loss": loss * jnp.sum(w), "count": jnp.sum(w)}
-        for name, fn in self.metrics.items():
-            sums[name] = fn(out, y, w)
-        return sums
+    def _key(self, head: Head, metric: str) -> str:
+        return metric if self.single else f"{head.output}_{metric}"
+
+    def _objective(self, outs: dict, logits: dict, y: dict, mask: jax.Array
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The weighted total loss, and per-batch sums of every loss and metric."""
+        count = jnp.maximum(jnp.sum(mask), 1.0)
+        total = jnp.zeros((), jnp.float32)
+        sums = {"count": jnp.sum(mask)}
+        for head in self.heads:
+            out, target = outs[head.output], y[head.output]
+            per = LOSSES[head.loss.name](out, logits.get(head.output), target, head.loss)
+            weight = mask
+            if head.loss.class_weights is not None:
+                weight = weight * jnp.asarray(head.loss.class_weights)[target.astype(jnp.int32)]
+            loss = jnp.sum(per * weight) / count
+            total = total + head.weight * loss
+            if not self.single:
+                sums[self._key(head, "loss")] = loss * jnp.sum(mask)
+            for metric in head.metrics:
+                value = METRICS[metric](jax.lax.stop_gradient(out), target, mask)
+                sums[self._key(head, metric)] = value
+        sums["loss"] = total * jnp.sum(mask)
+        return total, sums
 
     def train_step(self) -> Callable[..., Any]:
-        def step(params, state, opt_state, sums, idx, w, step_no, x_all, y_all):
-            x, y = x_all[idx], y_all[idx]
+        def step(params, state, opt_state, sums, idx, mask, step_no, x_all, y_all):
+            x = {k: v[idx] for k, v in x_all.items()}
+            y = {k: v[idx] for k, v in y_all.items()}
             rng = jax.random.fold_in(self.dropout_key, step_no)
 
             def objective(p):
                 (outs, logits), new_state = self.module.apply(
-                    {"params": p, **state}, {self.input: x}, train=True, rngs={"dropout": rng},
+                    {"params": p, **state}, x, train=True, rngs={"dropout": rng},
                     mutable=list(state))
-                out = outs[self.output]
-                return self.loss(out, logits.get(self.output), y, w), (out, new_state)
+                total, batch = self._objective(outs, logits, y, mask)
+                return total, (batch, new_state)
 
-            (loss, (out, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+            (_, (batch, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
             updates, opt_state = self.tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            batch = self._sums(jax.lax.stop_gradient(out), None, y, w, loss)
             sums = jax.tree.map(jnp.add, sums, batch)
             return params, {**state, **new_state}, opt_state, sums
 
         return jax.jit(step, donate_argnums=(0, 1, 2, 3))
 
     def eval_step(self) -> Callable[..., Any]:
-        def step(variables, x, y, w):
-            outs, logits = self.module.apply(variables, {self.input: x}, train=False)
-            return self._sums(outs[self.output], logits.get(self.output), y, w)
+        def step(variables, x, y, mask):
+            outs, logits = self.module.apply(variables, x, train=False)
+            return self._objective(outs, logits, y, mask)[1]
 
         return jax.jit(step)
 
@@ -129,11 +175,11 @@ class Trainer:
                  ) -> dict[str, float]:
         """Loss and metrics of `variables` on a whole split (inference mode)."""
         step = step or self.eval_step()
-        size = min(EVAL_BATCH, len(split))
-        idx, w = _padded_batches(len(split), size)
+        idx, mask = _padded_batches(len(split), min(EVAL_BATCH, len(split)))
         total: dict[str, Any] | None = None
         for b in range(len(idx)):
-            sums = step(variables, split.x[idx[b]], split.y[idx[b]], w[b])
+            part = split.take(idx[b])
+            sums = step(variables, part.x, part.y, mask[b])
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
         host = jax.device_get(total)
         count = float(host.pop("count"))
@@ -141,19 +187,29 @@ class Trainer:
 
     def fit(self, data: Dataset, log: Callable[[str], None] = lambda s: None) -> TrainResult:
         """Train for `epochs` epochs; return the final variables, history and metrics."""
-        _check_targets(self.graph, self.spec, data.train)
+        for head in self.heads:
+            _check_targets(self.graph, head, data.train.y[head.output])
         spec = self.spec
         variables = self.init(data.train.x)
         params = variables["params"]
         state = {k: v for k, v in variables.items() if k != "params"}
         opt_state = self.tx.init(params)
-        x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
+        x_all = {k: jnp.asarray(v) for k, v in data.train.x.items()}
+        y_all = {k: jnp.asarray(v) for k, v in data.train.y.items()}
         n, size = len(data.train), min(spec.batch_size, len(data.train))
-        zero = {k: jnp.zeros((), jnp.float32) for k in ("loss", "count", *self.metrics)}
+        # The per-epoch sums have the structure of _objective's; fresh zeros each epoch, since
+        # the step donates (consumes) them.
+        layout = jax.eval_shape(lambda: self._objective(*self.module.apply(
+            {"params": params, **state}, {k: v[:size] for k, v in x_all.items()}),
+            {k: v[:size] for k, v in y_all.items()}, jnp.ones(size))[1])
+
+        def zeros() -> dict[str, jax.Array]:
+            return jax.tree.map(lambda a: jnp.zeros((), jnp.float32), layout)
+
         idx0, w0 = _padded_batches(n, size)
 
         started = time.perf_counter()
-        step = self.train_step().lower(params, state, opt_state, zero, idx0[0], w0[0],
+        step = self.train_step().lower(params, state, opt_state, zeros(), idx0[0], w0[0],
                                        np.int32(0), x_all, y_all).compile()
         evaluate = self.eval_step()
         compile_seconds = time.perf_counter() - started
@@ -164,7 +220,7 @@ class Trainer:
             order = np.random.default_rng([spec.seed, epoch]).permutation(n).astype(np.int32)
             idx, w = _padded_batches(n, size)
             idx = order[idx]
-            sums = jax.tree.map(jnp.zeros_like, zero)
+            sums = zeros()
             t0 = time.perf_counter()
             for b in range(len(idx)):
                 params, state, opt_state, sums = step(params, state, opt_state, sums, idx[b],

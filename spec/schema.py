@@ -14,7 +14,10 @@ SPEC_VERSION = 1
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=128)]
 Dtype = Literal["float32", "float64", "int32", "int64", "uint8"]
-LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy", "mse")
+LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy",
+          "binary_crossentropy", "mse", "mae", "huber")
+Loss = Literal["categorical_crossentropy", "sparse_categorical_crossentropy",
+               "binary_crossentropy", "mse", "mae", "huber"]
 METRICS = ("accuracy",)
 OPTIMIZERS = ("adam", "sgd")
 DATA_SOURCES = ("digits", "mnist", "fashion_mnist", "npz")
@@ -34,11 +37,31 @@ class InputSpec(SpecModel):
     dtype: Dtype = "float32"
 
 
+class LossSpec(SpecModel):
+    """A loss and its options. `loss: mse` is short for `loss: {name: mse}`."""
+
+    name: Loss
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1,
+                                   description="cross-entropies only")
+    delta: float = Field(default=1.0, gt=0, description="huber only")
+    class_weights: list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None, description="per-class weights of the samples (classifiers)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
 class OutputSpec(SpecModel):
-    """One named model output, taken from a layer (by default the last one)."""
+    """One named model output, taken from a layer (by default the last one), with its own
+    loss, loss weight and metrics when it is trained (else the `train` section's)."""
 
     from_: Name | None = Field(default=None, alias="from")
     labels: list[str] | None = Field(default=None, description="class names, index order")
+    loss: LossSpec | None = None
+    loss_weight: float = Field(default=1.0, ge=0)
+    metrics: list[Literal["accuracy"]] | None = None
 
 
 class OptimizerSpec(SpecModel):
@@ -64,7 +87,8 @@ class TrainSpec(SpecModel):
     epochs: int = Field(ge=1, le=100_000)
     batch_size: int = Field(default=32, ge=1, le=1 << 20)
     optimizer: OptimizerSpec = OptimizerSpec(name="adam")
-    loss: Literal["categorical_crossentropy", "sparse_categorical_crossentropy", "mse"]
+    loss: LossSpec | None = Field(default=None, description="the loss of every output that "
+                                  "does not name its own")
     metrics: list[Literal["accuracy"]] = Field(default_factory=list)
     seed: int = Field(default=0, ge=0, lt=1 << 32)
 

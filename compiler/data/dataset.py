@@ -15,13 +15,17 @@ from nnspec.spec.schema import DataSpec, InputSpec
 
 @dataclass(frozen=True)
 class Split:
-    """Samples of one split: model input `x` and integer or float targets `y`."""
+    """Samples of one split: model inputs `x` and targets `y`, by input and output name."""
 
-    x: np.ndarray
-    y: np.ndarray
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(next(iter(self.x.values()))) if self.x else 0
+
+    def take(self, index: np.ndarray) -> Split:
+        return Split({k: v[index] for k, v in self.x.items()},
+                     {k: v[index] for k, v in self.y.items()})
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,7 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as err:
         raise DataError(f"data.path: cannot read {path!r} as an .npz file: {err}") from None
-    for keys in (("x", "y"), ("x_train", "y_train")):
-        if all(k in arrays for k in keys):
-            return arrays
-    raise DataError(f"data.path: {path!r} must hold arrays 'x' and 'y' (or 'x_train', 'y_train' "
-                    f"and optionally 'x_test', 'y_test'); it holds {sorted(arrays)}")
+    return arrays
 
 
 def load_arrays(data: DataSpec, spec_folder: str) -> dict[str, np.ndarray]:
@@ -112,31 +112,52 @@ def fit_input(x: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
     return np.ascontiguousarray(x.astype(dtype, copy=False))
 
 
-def make_dataset(data: DataSpec, inputs: dict[str, InputSpec], spec_folder: str = ".") -> Dataset:
+def _named(arrays: dict[str, np.ndarray], inputs: list[str], outputs: list[str],
+           path: str) -> tuple[Split, Split]:
+    """Training and given-test samples by input and output name. One input and one output may
+    use the conventional names `x`/`y` (or `x_train`/`y_train`/`x_test`/`y_test`); otherwise
+    arrays are named after the inputs and outputs (`NAME`, and `NAME_test` for a test split)."""
+    def pick(names: list[str], short: str, suffix: str) -> dict[str, np.ndarray] | None:
+        if all(f"{n}{suffix}" in arrays for n in names):
+            return {n: arrays[f"{n}{suffix}"] for n in names}
+        if len(names) == 1:
+            for key in ((f"{short}{suffix}",) if suffix else (short, f"{short}_train")):
+                if key in arrays:
+                    return {names[0]: arrays[key]}
+        return None
+
+    x, y = pick(inputs, "x", ""), pick(outputs, "y", "")
+    if x is None or y is None:
+        want = ["x", "y"] if len(inputs) == len(outputs) == 1 else [*inputs, *outputs]
+        raise DataError(f"data: {path} must hold arrays {want} (and optionally the same names "
+                        f"with _test); it holds {sorted(arrays)}")
+    xt, yt = pick(inputs, "x", "_test"), pick(outputs, "y", "_test")
+    empty = Split({k: v[:0] for k, v in x.items()}, {k: v[:0] for k, v in y.items()})
+    return Split(x, y), Split(xt, yt) if xt is not None and yt is not None else empty
+
+
+def make_dataset(data: DataSpec, inputs: dict[str, InputSpec], outputs: list[str],
+                 spec_folder: str = ".") -> Dataset:
     """Load a source and split it: a test split carved out unless the source has one, then a
     validation split from the training part (both stratified, seeded by `data.seed`)."""
-    if len(inputs) != 1:
-        raise DataError(f"data sources feed one input; the model has {len(inputs)} "
-                        f"({', '.join(inputs)})")
-    (name, spec), = inputs.items()
     arrays = load_arrays(data, spec_folder)
+    where = data.path or data.source
+    whole, test = _named(arrays, list(inputs), outputs, where)
+    lengths = {len(v) for v in [*whole.x.values(), *whole.y.values()]}
+    if len(lengths) != 1:
+        raise DataError(f"data: {where} arrays have different numbers of samples: "
+                        f"{ {k: len(v) for k, v in {**whole.x, **whole.y}.items()} }")
     rng = np.random.default_rng(data.seed)
-    if "x_train" in arrays:
-        x, y = arrays["x_train"], arrays["y_train"]
-        test = Split(arrays.get("x_test", x[:0]), arrays.get("y_test", y[:0]))
-        if data.limit:
-            keep = rng.permutation(len(x))[: data.limit]
-            x, y = x[keep], y[keep]
-    else:
-        x, y = arrays["x"], arrays["y"]
-        if data.limit:
-            keep = rng.permutation(len(x))[: data.limit]
-            x, y = x[keep], y[keep]
-        kept, held = _stratified_split(y, data.test_split, rng)
-        test = Split(x[held], y[held])
-        x, y = x[kept], y[kept]
-    if len(x) != len(y):
-        raise DataError(f"data has {len(x)} samples but {len(y)} targets")
-    kept, held = _stratified_split(y, data.validation_split, rng)
-    fit = lambda s: Split(fit_input(s.x, spec, name), s.y)  # noqa: E731
-    return Dataset(fit(Split(x[kept], y[kept])), fit(Split(x[held], y[held])), fit(test))
+    if data.limit:
+        whole = whole.take(rng.permutation(len(whole))[: data.limit])
+    first_y = next(iter(whole.y.values()))
+    if not len(test):
+        kept, held = _stratified_split(first_y, data.test_split, rng)
+        whole, test = whole.take(kept), whole.take(held)
+        first_y = next(iter(whole.y.values()))
+    kept, held = _stratified_split(first_y, data.validation_split, rng)
+
+    def fit(split: Split) -> Split:
+        return Split({n: fit_input(split.x[n], inputs[n], n) for n in inputs}, split.y)
+
+    return Dataset(fit(whole.take(kept)), fit(whole.take(held)), fit(test))
