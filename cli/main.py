@@ -60,6 +60,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.summary import render, summarize
+
+    _, graph = check_spec(args.spec, args.set)
+    Console(width=max(100, Console().width)).print(render(graph, summarize(graph)))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from nnspec._io import write_text
+    from nnspec.compiler.spec_schema import spec_schema
+
+    text = json.dumps(spec_schema(), indent=2) + "\n"
+    if args.out:
+        write_text(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from nnspec._io import write_bytes, write_text
+    from nnspec.compiler.dot import to_dot
+    from nnspec.compiler.graph import check_spec
+
+    _, graph = check_spec(args.spec, args.set)
+    dot = to_dot(graph)
+    if not args.out or args.out.endswith(".dot"):
+        if args.out:
+            write_text(args.out, dot)
+        else:
+            sys.stdout.write(dot)
+        return EXIT_OK
+    fmt = os.path.splitext(args.out)[1].lstrip(".")
+    if fmt not in ("svg", "png", "pdf"):
+        raise UsageError(f"--out: expected a .dot, .svg, .png or .pdf file. Received: {args.out}")
+    if shutil.which("dot") is None:
+        raise UsageError(f"rendering {fmt} needs Graphviz's `dot` (apt-get install graphviz); "
+                         "write DOT with --out FILE.dot instead")
+    rendered = subprocess.run(["dot", f"-T{fmt}"], input=dot.encode(), capture_output=True,
+                              check=True).stdout
+    write_bytes(args.out, rendered)
+    return EXIT_OK
+
+
 def _read_input(path: str) -> Any:
     import numpy as np
 
@@ -124,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", **overrides)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("summary", help="table of layers, shapes, parameters, multiply-adds",
+                         description="Print a model summary (layer, type, output shape, "
+                         "parameters, estimated multiply-adds) without compiling.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=cmd_summary)
+
+    p = verbs.add_parser("schema", help="JSON Schema of the spec language (for editors)",
+                         description="Print the spec language's JSON Schema (draft-07), for "
+                         "editors: add `# yaml-language-server: $schema=PATH` to a spec.")
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(func=cmd_schema)
+
+    p = verbs.add_parser("graph", help="picture of the network (DOT, SVG, PNG)",
+                         description="Draw the network: Graphviz DOT on stdout or to FILE.dot; "
+                         "SVG, PNG or PDF when Graphviz is installed.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--out", metavar="FILE", help=".dot, .svg, .png or .pdf")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=cmd_graph)
 
     p = verbs.add_parser("predict", help="run an exported model (numpy + onnxruntime only)",
                          description="Run an exported ONNX model on samples from a .npy or "
