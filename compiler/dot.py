@@ -13,7 +13,8 @@ def _quote(text: str) -> str:
 def to_dot(graph: Graph) -> str:
     """Graphviz DOT source: inputs, layers (name, type, output shape) and outputs."""
     lines = [f"digraph {_quote(graph.name)} {{", "  rankdir=TB;",
-             '  node [shape=box, style="rounded,filled", fillcolor="#f5f5f5", fontname="Helvetica"];']
+             '  node [shape=box, style="rounded,filled", fillcolor="#f5f5f5", '
+             'fontname="Helvetica"];']
     for name, spec in graph.inputs.items():
         label = f"{name}\\ninput {describe(tuple(spec.shape))} {spec.dtype}"
         lines.append(f'  {_quote(name)} [label="{label}", fillcolor="#dbeafe"];')

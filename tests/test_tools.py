@@ -10,8 +10,8 @@ import jax
 import jsonschema
 import pytest
 import yaml
-
 from conftest import EXAMPLES, ROOT
+
 from nnspec.compiler.dot import to_dot
 from nnspec.compiler.flax_backend import GraphModule
 from nnspec.compiler.graph import check_spec
