@@ -18,8 +18,11 @@ LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy",
           "binary_crossentropy", "mse", "mae", "huber")
 Loss = Literal["categorical_crossentropy", "sparse_categorical_crossentropy",
                "binary_crossentropy", "mse", "mae", "huber"]
-METRICS = ("accuracy",)
-OPTIMIZERS = ("adam", "sgd")
+METRICS = ("accuracy", "top_k_accuracy", "precision", "recall", "f1", "auc", "mae", "rmse",
+           "r2")
+Metric = Literal["accuracy", "top_k_accuracy", "precision", "recall", "f1", "auc", "mae",
+                 "rmse", "r2"]
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 DATA_SOURCES = ("digits", "mnist", "fashion_mnist", "npz")
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 21, 21
 
@@ -61,24 +64,95 @@ class OutputSpec(SpecModel):
     labels: list[str] | None = Field(default=None, description="class names, index order")
     loss: LossSpec | None = None
     loss_weight: float = Field(default=1.0, ge=0)
-    metrics: list[Literal["accuracy"]] | None = None
+    metrics: list[Metric] | None = None
 
 
-class OptimizerSpec(SpecModel):
-    """An Optax optimizer. `optimizer: adam` is short for `optimizer: {name: adam}`."""
+class ScheduleSpec(SpecModel):
+    """A learning-rate schedule over optimizer steps (warmup and decay counted in epochs when
+    `*_epochs` is given). `reduce_on_plateau` watches the monitored metric after each epoch."""
 
-    name: Literal["adam", "sgd"]
-    learning_rate: float = Field(default=1e-3, gt=0)
-    momentum: float | None = Field(default=None, ge=0, lt=1, description="sgd only")
-    nesterov: bool = Field(default=False, description="sgd only")
-    b1: float = Field(default=0.9, ge=0, lt=1, description="adam only")
-    b2: float = Field(default=0.999, ge=0, lt=1, description="adam only")
-    eps: float = Field(default=1e-8, gt=0, description="adam only")
+    name: Literal["constant", "step", "exponential", "cosine", "warmup_cosine",
+                  "reduce_on_plateau"] = "constant"
+    decay_rate: float = Field(default=0.1, gt=0, le=1, description="step, exponential")
+    decay_epochs: float = Field(default=10, gt=0, description="step, exponential: epochs "
+                                "per decay by decay_rate")
+    warmup_epochs: float = Field(default=0, ge=0, description="warmup_cosine")
+    alpha: float = Field(default=0.0, ge=0, le=1, description="cosine: final fraction")
+    factor: float = Field(default=0.1, gt=0, lt=1, description="reduce_on_plateau")
+    patience: int = Field(default=5, ge=0, description="reduce_on_plateau")
+    min_learning_rate: float = Field(default=0.0, ge=0, description="reduce_on_plateau")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+
+class OptimizerSpec(SpecModel):
+    """An Optax optimizer. `optimizer: adam` is short for `optimizer: {name: adam}`."""
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
+    learning_rate: float = Field(default=1e-3, gt=0)
+    schedule: ScheduleSpec = ScheduleSpec()
+    momentum: float | None = Field(default=None, ge=0, lt=1, description="sgd, rmsprop")
+    nesterov: bool = Field(default=False, description="sgd only")
+    b1: float = Field(default=0.9, ge=0, lt=1, description="adam, adamw")
+    b2: float = Field(default=0.999, ge=0, lt=1, description="adam, adamw")
+    eps: float = Field(default=1e-8, gt=0, description="adam, adamw, rmsprop, adagrad")
+    weight_decay: float = Field(default=1e-4, ge=0, description="adamw only: decoupled decay")
+    decay: float = Field(default=0.9, gt=0, lt=1, description="rmsprop only")
+    clip_norm: float | None = Field(default=None, gt=0, description="clip gradients by "
+                                    "global norm")
+    accumulate: int = Field(default=1, ge=1, description="average gradients over this many "
+                            "batches before each update")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class RegularizationSpec(SpecModel):
+    """Penalties on weights added to the loss, as the classic texts define them (distinct from
+    adamw's decoupled weight decay): l2 * sum(w**2) + l1 * sum(|w|) over the kernels and
+    embeddings of `layers` (default: every layer), never biases or normalization scales."""
+
+    l2: float = Field(default=0.0, ge=0)
+    l1: float = Field(default=0.0, ge=0)
+    layers: list[str] | None = None
+
+
+class EarlyStoppingSpec(SpecModel):
+    """Stop when `monitor` has not improved for `patience` epochs; optionally restore the
+    weights of the best epoch."""
+
+    monitor: str = "val_loss"
+    mode: Literal["min", "max", "auto"] = "auto"
+    patience: int = Field(default=5, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
+    restore_best: bool = True
+
+
+class AugmentSpec(SpecModel):
+    """One augmentation, applied on the device inside the training step to the named inputs
+    (default: all image-like inputs); never part of the exported model."""
+
+    type: Literal["random_flip", "random_translate", "random_crop", "random_rotation",
+                  "random_brightness", "random_contrast", "gaussian_noise", "mixup"]
+    inputs: list[str] | None = None
+    mode: Literal["horizontal", "vertical", "both"] = "horizontal"
+    factor: float = Field(default=0.1, ge=0, description="translate: fraction of the size; "
+                          "rotation: fraction of a full turn; brightness/contrast: strength")
+    padding: int = Field(default=2, ge=0, description="random_crop: pixels padded first")
+    stddev: float = Field(default=0.1, ge=0, description="gaussian_noise")
+    alpha: float = Field(default=0.2, gt=0, description="mixup: Beta(alpha, alpha)")
+
+
+class CheckpointSpec(SpecModel):
+    """Checkpoints (Orbax) in RUN/checkpoints: parameters, optimizer state, step, data order."""
+
+    every_epochs: int = Field(default=1, ge=1)
+    keep: int = Field(default=2, ge=1)
 
 
 class TrainSpec(SpecModel):
@@ -89,8 +163,20 @@ class TrainSpec(SpecModel):
     optimizer: OptimizerSpec = OptimizerSpec(name="adam")
     loss: LossSpec | None = Field(default=None, description="the loss of every output that "
                                   "does not name its own")
-    metrics: list[Literal["accuracy"]] = Field(default_factory=list)
+    metrics: list[Metric] = Field(default_factory=list)
+    top_k: int = Field(default=5, ge=1, description="k of top_k_accuracy")
     seed: int = Field(default=0, ge=0, lt=1 << 32)
+    regularization: RegularizationSpec = RegularizationSpec()
+    early_stopping: EarlyStoppingSpec | None = None
+    augment: list[AugmentSpec] = Field(default_factory=list)
+    init_from: str | None = Field(default=None, description="a run directory or an .onnx "
+                                  "file whose weights (matched by node name) start training")
+    unfreeze_after: int | None = Field(default=None, ge=0, description="epochs after which "
+                                       "layers with `trainable: false` are trained too")
+    precision: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="compute dtype; weights stay float32")
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    on_nonfinite: Literal["stop", "raise"] = "stop"
 
 
 class DataSpec(SpecModel):
