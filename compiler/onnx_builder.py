@@ -30,6 +30,8 @@ class OnnxBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.scope = ""
+        self.input_shapes: tuple = ()
+        """Per-sample shapes of the current layer's inputs, as shape inference found them."""
         self._used: set[str] = set()
 
     @contextlib.contextmanager

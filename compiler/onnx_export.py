@@ -42,6 +42,7 @@ def to_onnx(graph: Graph, variables: Mapping[str, Any], opset: int,
             raise ExportError(f"layer {node.name!r} ({node.type}) needs opset >= "
                               f"{node.layer.min_opset}; export.opset is {opset}")
         with g.scoped(node.name):
+            g.input_shapes = tuple(graph.shape_of(i) for i in node.inputs)
             tensors[node.name] = node.layer.onnx(g, *[tensors[i] for i in node.inputs])
     outputs = []
     for out, src in graph.outputs.items():
