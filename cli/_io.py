@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from typing import Any
@@ -37,5 +38,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null (a metric that is undefined)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, value: Any) -> None:
-    write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+    """Standard JSON (non-finite numbers become null), written atomically."""
+    write_text(path, json.dumps(_finite(value), indent=2, sort_keys=False) + "\n")

@@ -1,6 +1,7 @@
 """The `nnspec` command.
 
-Exit codes: 0 success; 2 bad input (spec, data, arguments); 1 anything else. Errors are one
+Exit codes: 0 success; 2 bad input (spec, data, arguments); 3 the loss diverged (NaN/Inf);
+130 interrupted by SIGINT/SIGTERM after saving a checkpoint; 1 anything else. Errors are one
 line each on stderr (`file:line:col: message` for specs), never a traceback unless
 `NNSPEC_DEBUG=1`. Heavy imports happen inside the verbs: `validate` never imports JAX and
 `predict` needs only numpy and onnxruntime.
@@ -17,7 +18,7 @@ from typing import Any
 
 from nnspec import __version__
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class UsageError(ValueError):
@@ -50,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nnspec.compiler.run import train_run
 
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    result = train_run(loaded, out, log)
+    result = train_run(loaded, out, log, resume=args.resume)
     summary = {split: m for split, m in result.metrics.items() if split != "training"}
     print(json.dumps({"out": out, "metrics": summary,
                       "samples_per_second": round(result.metrics["training"]
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME)")
     p.add_argument("--set", **overrides)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in DIR/checkpoints")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_train)
 
@@ -215,6 +218,11 @@ def _exit_code(err: BaseException) -> tuple[int, str]:
         return EXIT_BAD_INPUT, str(err)
     if isinstance(err, DataError | UsageError):
         return EXIT_BAD_INPUT, f"error: {err}"
+    train = sys.modules.get("nnspec.compiler.train")
+    if train and isinstance(err, train.NonFiniteError):
+        return EXIT_NONFINITE, f"error: {err}"
+    if train and isinstance(err, train.Interrupted):
+        return EXIT_INTERRUPTED, f"{err}"
     runtime = sys.modules.get("nnspec.runtime.model")
     if runtime and isinstance(err, runtime.InputError):
         return EXIT_BAD_INPUT, f"error: {err}"

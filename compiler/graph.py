@@ -26,7 +26,7 @@ from nnspec.spec.validate import (
 )
 from nnspec.spec.yamlio import Document, Path, load_file
 
-GRAPH_KEYS = ("type", "name", "inputs")
+GRAPH_KEYS = ("type", "name", "inputs", "trainable")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Node:
     path: Path
     origin: str | None = None
     """For an activation expanded from a layer's `activation:`, that layer's name."""
+    trainable: bool = True
+    """False: the layer's weights stay as initialised (or loaded) while training."""
 
     @property
     def type(self) -> str:
@@ -74,7 +76,8 @@ class _Entry:
     refs: list[str] | None
     path: Path
     activation: str | None = None
-    internal: bool = False  # an activation node expanded from a layer's `activation:`
+    internal: bool = False
+    trainable: bool = True  # an activation node expanded from a layer's `activation:`
 
 
 class _Builder:
@@ -125,7 +128,12 @@ class _Builder:
                 self.fail((*path, "activation"), f"layers.{i}.activation: unknown activation "
                           f"{act!r}{did_you_mean(act, choices)}. Valid: {valid}")
                 return None
-        return _Entry(str(name), layer, refs, path, act)
+        trainable = raw.get("trainable", True)
+        if not isinstance(trainable, bool):
+            self.fail((*path, "trainable"), f"layers.{i}.trainable: expected true or false. "
+                      f"Received: trainable={trainable!r}")
+            return None
+        return _Entry(str(name), layer, refs, path, act, trainable=trainable)
 
     def build(self) -> Graph:
         spec = self.loaded.spec
@@ -257,6 +265,15 @@ class _Builder:
             if any(r not in shapes for r in e.refs or []):
                 continue  # an upstream layer already failed
             ins = [shapes[r] for r in e.refs or []]
+            if e.layer.integer_input:
+                specs = self.loaded.spec.inputs
+                bad = [r for r in e.refs or [] if r not in specs
+                       or not specs[r].dtype.startswith(("int", "uint"))]
+                if bad:
+                    self.fail(e.path, f"layer {e.name!r} ({e.layer.type_name}) needs integer ids "
+                              f"from a model input of dtype int32, int64 or uint8; {bad[0]!r} "
+                              "is not one")
+                    continue
             try:
                 shape = e.layer.infer(*ins)
             except ValueError as err:
@@ -272,7 +289,8 @@ class _Builder:
                 self.fail(e.path, f"layer {e.name!r} ({e.layer.type_name}) {msg}")
                 continue
             origin = e.refs[0] if e.internal and e.refs else None
-            nodes.append(Node(e.name, e.layer, tuple(e.refs or []), shape, e.path, origin))
+            nodes.append(Node(e.name, e.layer, tuple(e.refs or []), shape, e.path, origin,
+                              e.trainable))
             shapes[e.name] = shape
         return nodes
 

@@ -60,46 +60,124 @@ def parity_inputs(graph: Graph, data: Dataset, samples: int) -> dict[str, Any]:
     return {name: split.x[name][:samples] for name in graph.inputs}
 
 
-def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lambda s: None
-              ) -> RunResult:
-    """Train the spec's model, export it to ONNX, cross-check the export and write the run
-    directory. Raises `SpecError`/`DataError` for bad input and `ParityError` when the export
-    does not reproduce the trained model."""
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the training loop checks after every step, so the
+    run saves a checkpoint and exits cleanly instead of dying mid-write."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.raised
+
+
+def _prepare(loaded: LoadedSpec) -> tuple[Graph, Any, Dataset]:
     spec = loaded.spec
     for section in ("data", "train"):
         if getattr(spec, section) is None:
             raise SpecError.at(loaded.doc.source.locate(()), f"`{section}` section is required "
                                "to train")
     graph = build_graph(loaded)
-    from nnspec.compiler.train import Trainer, resolve_heads
+    from nnspec.compiler.train import resolve_heads
 
     heads = resolve_heads(loaded, graph)
     data = make_dataset(spec.data, spec.inputs, list(graph.outputs), loaded.folder)
+    return graph, heads, data
+
+
+def _plots(out_dir: str, graph: Graph, loaded: LoadedSpec, result: Any, heads: list) -> None:
+    from nnspec.compiler.evaluation import confusion_matrix
+    from nnspec.compiler.losses import CLASSIFICATION
+    from nnspec.compiler.plots import plot_confusion, plot_curves
+
+    plot_curves(result.history, os.path.join(out_dir, "curves.png"))
+    split = "test" if "test" in result.predictions else "validation"
+    for head in heads:
+        if head.loss.name not in CLASSIFICATION or split not in result.predictions:
+            continue
+        classes = graph.output_node(head.output).shape[-1]
+        labels = ((loaded.spec.outputs or {}).get(head.output) or None)
+        names = labels.labels if labels and labels.labels else None
+        matrix = confusion_matrix(result.predictions[split][head.output],
+                                  result.targets[split][head.output], classes)
+        suffix = "" if len(heads) == 1 else f"_{head.output}"
+        plot_confusion(matrix, names, os.path.join(out_dir, f"confusion{suffix}.png"),
+                       title=f"{loaded.spec.name}: {head.output} ({split})")
+
+
+def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lambda s: None,
+              resume: bool = False) -> RunResult:
+    """Train the spec's model, export it to ONNX, cross-check the export and write the run
+    directory. Raises `SpecError`/`DataError` for bad input, `ParityError` when the export
+    does not reproduce the trained model, `NonFiniteError` when the loss diverges and
+    `Interrupted` after SIGINT/SIGTERM (with a checkpoint saved)."""
+    spec = loaded.spec
+    graph, heads, data = _prepare(loaded)
     log(f"data: {len(data.train)} train, {len(data.validation)} validation, "
         f"{len(data.test)} test samples")
 
+    import jax
+
+    from nnspec.compiler.checkpoint import Checkpoints
     from nnspec.compiler.onnx_export import check_shapes, to_onnx
     from nnspec.compiler.parity import cross_check
-    trainer = Trainer(graph, spec.train, heads)
-    result = trainer.fit(data, log)
+    from nnspec.compiler.records import EpochRecords
+    from nnspec.compiler.train import Trainer
+    from nnspec.compiler.transfer import WEIGHTS, load_initial, save_weights
 
     os.makedirs(out_dir, exist_ok=True)
     with open(loaded.file, "rb") as fh:
         source = fh.read()
     resolved = resolved_spec(loaded, graph)
-    resolved_text = yaml.safe_dump(resolved, sort_keys=False)
     write_bytes(os.path.join(out_dir, "spec.yaml"), source)
-    write_text(os.path.join(out_dir, "resolved_spec.yaml"), resolved_text)
-    write_json(os.path.join(out_dir, "history.json"), result.history)
-
-    import jax
+    write_text(os.path.join(out_dir, "resolved_spec.yaml"), yaml.safe_dump(resolved,
+                                                                           sort_keys=False))
+    trainer = Trainer(graph, spec.train, heads, len(data.train))
+    initial = None
+    if spec.train.init_from:
+        origin = spec.train.init_from
+        origin = origin if os.path.isabs(origin) else os.path.join(loaded.folder, origin)
+        initial = load_initial(origin, trainer.init(data.train.x), log)
+    checkpoints = Checkpoints(os.path.join(out_dir, "checkpoints"), spec.train.checkpoint.keep)
+    records = EpochRecords(out_dir)
+    try:
+        with _StopFlag() as stop:
+            result = trainer.fit(data, log, on_epoch=records.add, checkpoints=checkpoints,
+                                 resume=resume, stop=stop, initial=initial,
+                                 on_resume=records.reset)
+    finally:
+        checkpoints.close()
+    result.targets = {name: split.y for name, split in data.splits().items()}
+    save_weights(os.path.join(out_dir, WEIGHTS), result.variables)
+    _plots(out_dir, graph, loaded, result, heads)
 
     metrics = {**result.metrics, "training": {
         "samples_per_second": result.samples_per_second,
         "compile_seconds": result.compile_seconds,
         "train_seconds": result.train_seconds,
         "steps": result.steps,
-        "epochs": spec.train.epochs,
+        "epochs": len(result.history),
+        "stopped_early_at_epoch": result.stopped_early,
+        "best_epoch": result.best_epoch,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
     }}
@@ -112,6 +190,11 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         "spec_sha256": _sha256(source),
         "resolved_spec": json.dumps(resolved, separators=(",", ":")),
         "labels": json.dumps(labels),
+        # Integer ids outside an embedding's table give NaN in JAX and an error in
+        # onnxruntime: the runtime rejects them at its boundary with a clear message.
+        "input_ranges": json.dumps({r: [0, n.layer.input_dim] for n in graph.nodes
+                                    if n.type == "embedding" for r in n.inputs
+                                    if r in graph.inputs}),
         "jax_version": jax.__version__,
         "python": platform.python_version(),
     }
@@ -140,7 +223,6 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
     helper.set_model_props(model, props)
     write_bytes(os.path.join(out_dir, MODEL), model.SerializeToString())
     os.unlink(candidate)
-    for stale in (REJECTED,):
-        if os.path.exists(os.path.join(out_dir, stale)):
-            os.unlink(os.path.join(out_dir, stale))
+    if os.path.exists(os.path.join(out_dir, REJECTED)):
+        os.unlink(os.path.join(out_dir, REJECTED))
     return RunResult(out_dir, metrics, parity)

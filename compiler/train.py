@@ -1,4 +1,10 @@
-"""The training engine: a jitted Optax step over device-resident data, seeded end to end."""
+"""The training engine: a jitted Optax step over device-resident data, seeded end to end.
+
+Everything a run does is a function of the spec and the seed: the initial weights, each epoch's
+data order (from the seed and the epoch number), dropout and augmentation keys (from the step
+number). So a run resumed from a checkpoint ends with the same parameters, bit for bit on the
+CPU, as one that was never interrupted.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,16 @@ from nnspec.spec.schema import LossSpec, TrainSpec
 from nnspec.spec.validate import LoadedSpec
 
 EVAL_BATCH = 1024
+_NO_STEP = np.iinfo(np.int32).max
+_WEIGHT_NAMES = ("kernel", "embedding")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss became NaN or infinite; training stopped (exit code 3)."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved (exit code 130)."""
 
 
 @dataclass
@@ -37,7 +53,10 @@ class TrainResult:
     compile_seconds: float
     train_seconds: float
     steps: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    targets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    stopped_early: int | None = None
+    best_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,16 +121,87 @@ def _padded_batches(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return idx.reshape(count, size).astype(np.int32), weight.reshape(count, size)
 
 
+def _map_leaves(tree: Any, fn: Callable[[tuple, Any], Any], path: tuple = ()) -> Any:
+    if isinstance(tree, dict):
+        return {k: _map_leaves(v, fn, (*path, k)) for k, v in tree.items()}
+    return fn(path, tree)
+
+
+def trainable_mask(params: dict, graph: Graph, frozen: bool = True) -> dict:
+    """1.0 for the leaves of trainable layers, 0.0 for `trainable: false` ones (when
+    `frozen`): gradients and updates are multiplied by it, so frozen weights stay bit-identical
+    and can be unfrozen later without rebuilding the optimizer."""
+    fixed = {n.name for n in graph.nodes if not n.trainable} if frozen else set()
+    return _map_leaves(params, lambda p, a: jnp.float32(0.0 if p[0] in fixed else 1.0))
+
+
+def penalty(params: dict, l2: float, l1: float, layers: list[str] | None) -> jax.Array:
+    """l2 * sum(w**2) + l1 * sum(|w|) over kernels and embeddings (not biases or scales)."""
+    total = jnp.zeros((), jnp.float32)
+    if not (l2 or l1):
+        return total
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [getattr(k, "key", None) for k in path]
+        if keys[-1] in _WEIGHT_NAMES and (layers is None or keys[0] in layers):
+            total = total + l2 * jnp.sum(jnp.square(leaf)) + l1 * jnp.sum(jnp.abs(leaf))
+    return total
+
+
+def _cast(tree: Any, dtype: Any) -> Any:
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+                        else a, tree)
+
+
+def monitor_mode(monitor: str, mode: str) -> str:
+    """'min' for losses and errors, 'max' for scores, unless the spec says."""
+    if mode != "auto":
+        return mode
+    return "min" if any(w in monitor for w in ("loss", "mae", "rmse")) else "max"
+
+
+@dataclass
+class _Watch:
+    """Tracks the best value of a monitored metric and the epochs since it improved."""
+
+    mode: str
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = 0
+    wait: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+        else:
+            self.wait += 1
+        return better
+
+    def record(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+
 class Trainer:
     """Builds the jitted train and eval steps of one graph, its heads and its train spec."""
 
-    def __init__(self, graph: Graph, train: TrainSpec, heads: list[Head]):
+    def __init__(self, graph: Graph, train: TrainSpec, heads: list[Head], n_train: int):
         self.graph, self.spec, self.heads = graph, train, heads
         self.module = TrainingModule(graph)
-        self.tx = make_optimizer(train.optimizer)
+        self.devices = jax.devices()
+        n_dev = len(self.devices)
+        size = min(train.batch_size, max(n_train, 1))
+        self.batch = math.ceil(size / n_dev) * n_dev  # padded (weight 0) to split evenly
+        self.steps_per_epoch = max(1, math.ceil(n_train / size))
+        self.tx, self.schedule = make_optimizer(train.optimizer, self.steps_per_epoch,
+                                                train.epochs)
         key = jax.random.key(train.seed)
-        self.init_key, self.dropout_key = jax.random.split(key)
+        self.init_key, self.dropout_key, self.augment_key = jax.random.split(key, 3)
         self.single = len(heads) == 1
+        self.compute_dtype = jnp.bfloat16 if train.precision == "bfloat16" else jnp.float32
+        self.mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
+        self.sharded = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 
     def init(self, x: dict[str, np.ndarray]) -> dict[str, Any]:
         """Initial variables from the seed (only the sample shapes of `x` matter)."""
@@ -121,84 +211,127 @@ class Trainer:
     def _key(self, head: Head, metric: str) -> str:
         return metric if self.single else f"{head.output}_{metric}"
 
-    def _objective(self, outs: dict, logits: dict, y: dict, mask: jax.Array
-                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """The weighted total loss, and per-batch sums of every loss and metric."""
+    def _objective(self, outs: dict, logits: dict, y: dict, mask: jax.Array,
+                   on_device: tuple[str, ...] = ("accuracy",)) -> tuple[jax.Array, dict]:
+        """The weighted total loss, and per-batch sums of every loss (and of the metrics
+        cheap enough to add up on the device)."""
         count = jnp.maximum(jnp.sum(mask), 1.0)
         total = jnp.zeros((), jnp.float32)
         sums = {"count": jnp.sum(mask)}
         for head in self.heads:
-            out, target = outs[head.output], y[head.output]
-            per = LOSSES[head.loss.name](out, logits.get(head.output), target, head.loss)
+            out = outs[head.output].astype(jnp.float32)
+            target = y[head.output]
+            lg = logits.get(head.output)
+            per = LOSSES[head.loss.name](out, None if lg is None else lg.astype(jnp.float32),
+                                         target, head.loss)
             weight = mask
-            if head.loss.class_weights is not None:
+            if head.loss.class_weights is not None and target.ndim == 1:
                 weight = weight * jnp.asarray(head.loss.class_weights)[target.astype(jnp.int32)]
             loss = jnp.sum(per * weight) / count
             total = total + head.weight * loss
             if not self.single:
                 sums[self._key(head, "loss")] = loss * jnp.sum(mask)
             for metric in head.metrics:
-                value = METRICS[metric](jax.lax.stop_gradient(out), target, mask)
-                sums[self._key(head, metric)] = value
+                if metric in on_device and target.ndim <= out.ndim:
+                    sums[self._key(head, metric)] = METRICS[metric](
+                        jax.lax.stop_gradient(out), target, mask)
         sums["loss"] = total * jnp.sum(mask)
         return total, sums
 
     def train_step(self) -> Callable[..., Any]:
-        def step(params, state, opt_state, sums, idx, mask, step_no, x_all, y_all):
+        reg = self.spec.regularization
+        augments = self.spec.augment
+        image_inputs = [n for n, s in self.graph.inputs.items() if len(s.shape) == 3]
+        classes = {h.output: self.graph.output_node(h.output).shape[-1] for h in self.heads}
+
+        def step(carry, idx, mask, x_all, y_all):
+            params, state, opt_state, sums, bad, lr_scale, frozen, step_no = carry
             x = {k: v[idx] for k, v in x_all.items()}
             y = {k: v[idx] for k, v in y_all.items()}
+            if augments:
+                from nnspec.compiler.augment import augment
+
+                x, y = augment(augments, jax.random.fold_in(self.augment_key, step_no), x, y,
+                               image_inputs, classes)
             rng = jax.random.fold_in(self.dropout_key, step_no)
 
             def objective(p):
                 (outs, logits), new_state = self.module.apply(
-                    {"params": p, **state}, x, train=True, rngs={"dropout": rng},
+                    {"params": _cast(p, self.compute_dtype), **state},
+                    _cast(x, self.compute_dtype), train=True, rngs={"dropout": rng},
                     mutable=list(state))
                 total, batch = self._objective(outs, logits, y, mask)
-                return total, (batch, new_state)
+                total = total + penalty(p, reg.l2, reg.l1, reg.layers)
+                batch["loss"] = total * batch["count"]
+                return total, (batch, _cast(new_state, jnp.float32))
 
-            (_, (batch, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+            (total, (batch, new_state)), grads = jax.value_and_grad(
+                objective, has_aux=True)(params)
+            grads = jax.tree.map(jnp.multiply, grads, frozen)
             updates, opt_state = self.tx.update(grads, opt_state, params)
+            updates = jax.tree.map(lambda u, f: u * f * lr_scale, updates, frozen)
             params = optax.apply_updates(params, updates)
             sums = jax.tree.map(jnp.add, sums, batch)
-            return params, {**state, **new_state}, opt_state, sums
+            bad = jnp.where(jnp.isfinite(total), bad, jnp.minimum(bad, step_no))
+            return (params, {**state, **new_state}, opt_state, sums, bad, lr_scale, frozen,
+                    step_no + 1)
 
-        return jax.jit(step, donate_argnums=(0, 1, 2, 3))
+        return jax.jit(step, donate_argnums=(0,))
 
     def eval_step(self) -> Callable[..., Any]:
         def step(variables, x, y, mask):
             outs, logits = self.module.apply(variables, x, train=False)
-            return self._objective(outs, logits, y, mask)[1]
+            return self._objective(outs, logits, y, mask, on_device=())[1], outs
 
         return jax.jit(step)
 
-    def evaluate(self, variables: dict, split: Split, step: Callable | None = None
-                 ) -> dict[str, float]:
-        """Loss and metrics of `variables` on a whole split (inference mode)."""
+    def evaluate(self, variables: dict, split: Split, step: Callable | None = None,
+                 keep: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Loss and every metric of `variables` on a whole split (inference mode); metrics
+        are computed over the whole split at once (exact macro F1, AUC...)."""
+        from nnspec.compiler.evaluation import evaluate_predictions
+
         step = step or self.eval_step()
         idx, mask = _padded_batches(len(split), min(EVAL_BATCH, len(split)))
         total: dict[str, Any] | None = None
+        outputs: dict[str, list[np.ndarray]] = {h.output: [] for h in self.heads}
         for b in range(len(idx)):
             part = split.take(idx[b])
-            sums = step(variables, part.x, part.y, mask[b])
+            sums, outs = step(variables, part.x, part.y, mask[b])
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+            real = mask[b] > 0
+            for name in outputs:
+                outputs[name].append(np.asarray(outs[name])[real])
         host = jax.device_get(total)
         count = float(host.pop("count"))
-        return {k: float(v) / count for k, v in host.items()}
+        result = {k: float(v) / count for k, v in host.items()}
+        predictions = {k: np.concatenate(v) for k, v in outputs.items()}
+        for head in self.heads:
+            if head.metrics:
+                found = evaluate_predictions(predictions[head.output], split.y[head.output],
+                                             head.metrics, self.spec.top_k)
+                result.update({self._key(head, k): v for k, v in found.items()})
+        return result, predictions if keep else {}
 
-    def fit(self, data: Dataset, log: Callable[[str], None] = lambda s: None) -> TrainResult:
-        """Train for `epochs` epochs; return the final variables, history and metrics."""
+    def fit(self, data: Dataset, log: Callable[[str], None] = lambda s: None,
+            on_epoch: Callable[[dict], None] = lambda row: None, checkpoints: Any = None,
+            resume: bool = False, stop: Callable[[], bool] = lambda: False,
+            initial: dict[str, Any] | None = None,
+            on_resume: Callable[[list], None] = lambda history: None) -> TrainResult:
+        """Train; return the final (or best) variables, history, metrics and predictions."""
         for head in self.heads:
             _check_targets(self.graph, head, data.train.y[head.output])
         spec = self.spec
         variables = self.init(data.train.x)
+        if initial:
+            variables = initial
         params = variables["params"]
         state = {k: v for k, v in variables.items() if k != "params"}
-        opt_state = self.tx.init(params)
-        x_all = {k: jnp.asarray(v) for k, v in data.train.x.items()}
-        y_all = {k: jnp.asarray(v) for k, v in data.train.y.items()}
-        n, size = len(data.train), min(spec.batch_size, len(data.train))
-        # The per-epoch sums have the structure of _objective's; fresh zeros each epoch, since
-        # the step donates (consumes) them.
+        n, size = len(data.train), self.batch
+        x_all = jax.device_put({k: jnp.asarray(v) for k, v in data.train.x.items()},
+                               self.replicated)
+        y_all = jax.device_put({k: jnp.asarray(v) for k, v in data.train.y.items()},
+                               self.replicated)
         layout = jax.eval_shape(lambda: self._objective(*self.module.apply(
             {"params": params, **state}, {k: v[:size] for k, v in x_all.items()}),
             {k: v[:size] for k, v in y_all.items()}, jnp.ones(size))[1])
@@ -206,46 +339,138 @@ class Trainer:
         def zeros() -> dict[str, jax.Array]:
             return jax.tree.map(lambda a: jnp.zeros((), jnp.float32), layout)
 
-        idx0, w0 = _padded_batches(n, size)
+        unfreeze = spec.unfreeze_after
+        carry = (params, state, self.tx.init(params), zeros(), jnp.int32(_NO_STEP),
+                 jnp.float32(1.0), trainable_mask(params, self.graph), jnp.int32(0))
+        early = spec.early_stopping
+        watch = _Watch(monitor_mode(early.monitor, early.mode), early.min_delta) if early else None
+        plateau_spec = spec.optimizer.schedule
+        plateau_monitor = early.monitor if early else (
+            "val_loss" if len(data.validation) else "loss")
+        plateau = _Watch(monitor_mode(plateau_monitor, "auto")) if (
+            plateau_spec.name == "reduce_on_plateau") else None
+        best_vars = None
+        history: list[dict[str, float]] = []
+        start_epoch, start_batch, partial = 1, 0, None
+        if resume and checkpoints is not None:
+            template = {"carry": carry, "best": {"params": params, **state}}
+            found = checkpoints.latest(template)
+            if found is not None:
+                restored, record = found
+                carry = jax.tree.map(jnp.asarray, restored["carry"])
+                best_vars = restored["best"] if record.get("has_best") else None
+                history = record["history"]
+                start_epoch, start_batch = record["epoch"], record["batch"]
+                partial = record.get("partial")
+                if watch and record.get("watch"):
+                    watch = _Watch(watch.mode, watch.min_delta, **record["watch"])
+                if plateau and record.get("plateau"):
+                    plateau = _Watch(plateau.mode, 0.0, **record["plateau"])
+                on_resume(history)
+                log(f"resumed from {checkpoints.folder} at epoch {start_epoch}, batch "
+                    f"{start_batch}")
+        carry = jax.device_put(carry, self.replicated)
 
+        def save(epoch: int, batch: int, sums: Any = None) -> None:
+            if checkpoints is None:
+                return
+            partial_sums = None if sums is None else {
+                k: float(v) for k, v in jax.device_get(sums).items()}
+            record = {"epoch": epoch, "batch": batch, "history": history,
+                      "has_best": best_vars is not None, "partial": partial_sums,
+                      "watch": watch.record() if watch else None,
+                      "plateau": plateau.record() if plateau else None}
+            tree = {"carry": carry, "best": best_vars if best_vars is not None else
+                    {"params": carry[0], **carry[1]}}
+            checkpoints.save(int(carry[7]), tree, record)
+
+        idx0, w0 = _padded_batches(n, size)
         started = time.perf_counter()
-        step = self.train_step().lower(params, state, opt_state, zeros(), idx0[0], w0[0],
-                                       np.int32(0), x_all, y_all).compile()
+        step = self.train_step().lower(
+            carry, jax.device_put(idx0[0], self.sharded), jax.device_put(w0[0], self.sharded),
+            x_all, y_all).compile()
         evaluate = self.eval_step()
         compile_seconds = time.perf_counter() - started
 
-        history: list[dict[str, float]] = []
-        train_seconds, steps = 0.0, 0
-        for epoch in range(1, spec.epochs + 1):
+        train_seconds, stopped = 0.0, None
+        for epoch in range(start_epoch, spec.epochs + 1):
+            if unfreeze is not None and epoch > unfreeze:
+                carry = (*carry[:6], trainable_mask(carry[0], self.graph, frozen=False),
+                         carry[7])
             order = np.random.default_rng([spec.seed, epoch]).permutation(n).astype(np.int32)
             idx, w = _padded_batches(n, size)
             idx = order[idx]
-            sums = zeros()
+            first = start_batch if epoch == start_epoch else 0
+            sums = zeros() if not (partial and epoch == start_epoch) else {
+                k: jnp.float32(v) for k, v in partial.items()}
+            carry = (*carry[:3], sums, *carry[4:])
             t0 = time.perf_counter()
-            for b in range(len(idx)):
-                params, state, opt_state, sums = step(params, state, opt_state, sums, idx[b],
-                                                      w[b], np.int32(steps), x_all, y_all)
-                steps += 1
-            host = jax.device_get(sums)
+            for b in range(first, len(idx)):
+                carry = step(carry, jax.device_put(idx[b], self.sharded),
+                             jax.device_put(w[b], self.sharded), x_all, y_all)
+                if stop():
+                    save(epoch, b + 1, carry[3])
+                    where = checkpoints.folder if checkpoints else "nowhere (no checkpoints)"
+                    raise Interrupted(f"interrupted at epoch {epoch}, step {int(carry[7])}; "
+                                      f"checkpoint saved {where}")
+            host = jax.device_get(carry[3])
+            bad = int(carry[4])
             elapsed = time.perf_counter() - t0
             train_seconds += elapsed
+            if bad != _NO_STEP:
+                raise NonFiniteError(
+                    f"the loss became non-finite at step {bad} (epoch {epoch}); training "
+                    f"stopped; the last good checkpoint is kept"
+                    + (f" in {checkpoints.folder}" if checkpoints else ""))
             count = float(host.pop("count"))
             row = {"epoch": epoch, **{k: float(v) / count for k, v in host.items()}}
+            current = {"params": carry[0], **carry[1]}
             if len(data.validation):
-                val = self.evaluate({"params": params, **state}, data.validation, evaluate)
+                val, _ = self.evaluate(current, data.validation, evaluate)
                 row.update({f"val_{k}": v for k, v in val.items()})
+            lr_now = float(self.schedule(max(int(carry[7]) - 1, 0))) * float(carry[5])
+            row["learning_rate"] = lr_now
             row["seconds"] = elapsed
+            if watch or plateau:
+                for w_, name in ((watch, early.monitor if early else None),
+                                 (plateau, plateau_monitor)):
+                    if w_ is not None and name not in row:
+                        raise DataError(f"train: monitored metric {name!r} is not computed; "
+                                        f"available: {sorted(k for k in row if k != 'epoch')}")
+            if watch and watch.update(row[early.monitor], epoch) and early.restore_best:
+                best_vars = jax.device_get(current)
+            if plateau and not plateau.update(row[plateau_monitor], epoch) and (
+                    plateau.wait > plateau_spec.patience):
+                floor = plateau_spec.min_learning_rate / spec.optimizer.learning_rate
+                scale = max(float(carry[5]) * plateau_spec.factor, floor)
+                carry = (*carry[:5], jnp.float32(scale), *carry[6:])
+                plateau.wait = 0
+                log(f"reduce_on_plateau: learning rate x{scale:g}")
             history.append(row)
+            on_epoch(row)
             log(_epoch_line(row, spec.epochs, n / elapsed if elapsed else 0.0))
+            if watch and watch.wait > early.patience:
+                stopped = epoch
+                log(f"early stopping at epoch {epoch}: {early.monitor} last improved at "
+                    f"epoch {watch.best_epoch}")
+            if epoch % spec.checkpoint.every_epochs == 0 or epoch == spec.epochs or stopped:
+                save(epoch + 1, 0)
+            if stopped:
+                break
 
-        variables = {"params": params, **state}
-        metrics = {name: self.evaluate(variables, split, evaluate)
-                   for name, split in data.splits().items()}
+        final = {"params": carry[0], **carry[1]}
+        if best_vars is not None and early and early.restore_best:
+            final = jax.tree.map(jnp.asarray, best_vars)
+        metrics, predictions = {}, {}
+        for name, split in data.splits().items():
+            metrics[name], predictions[name] = self.evaluate(final, split, evaluate, keep=True)
         return TrainResult(
-            variables=jax.device_get(variables), history=history, metrics=metrics,
-            samples_per_second=n * spec.epochs / train_seconds if train_seconds else 0.0,
-            compile_seconds=compile_seconds, train_seconds=train_seconds, steps=steps)
-
+            variables=jax.device_get(final), history=history, metrics=metrics,
+            samples_per_second=(n * (len(history) - (start_epoch - 1)) / train_seconds
+                                if train_seconds else 0.0),
+            compile_seconds=compile_seconds, train_seconds=train_seconds,
+            steps=int(carry[7]), predictions=predictions, stopped_early=stopped,
+            best_epoch=watch.best_epoch if watch else None)
 
 def _epoch_line(row: dict[str, float], epochs: int, rate: float) -> str:
     parts = [f"epoch {int(row['epoch'])}/{epochs}"]

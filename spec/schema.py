@@ -151,7 +151,7 @@ class AugmentSpec(SpecModel):
 class CheckpointSpec(SpecModel):
     """Checkpoints (Orbax) in RUN/checkpoints: parameters, optimizer state, step, data order."""
 
-    every_epochs: int = Field(default=1, ge=1)
+    every_epochs: int = Field(default=5, ge=1)
     keep: int = Field(default=2, ge=1)
 
 
@@ -176,7 +176,6 @@ class TrainSpec(SpecModel):
     precision: Literal["float32", "bfloat16"] = Field(
         default="float32", description="compute dtype; weights stay float32")
     checkpoint: CheckpointSpec = CheckpointSpec()
-    on_nonfinite: Literal["stop", "raise"] = "stop"
 
 
 class DataSpec(SpecModel):
