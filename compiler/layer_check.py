@@ -79,10 +79,11 @@ def run_example(layer: type[Layer], example: Example, batch: int = 3, free: int 
     module = GraphModule(graph)
     inputs = sample_inputs(graph, batch, seed=seed, free=free,
                            high=example.extra.get("int_high", 16))
-    variables = module.init(jax.random.key(seed), {k: jnp.asarray(v) for k, v in inputs.items()})
+    variables = jax.jit(module.init)(jax.random.key(seed),
+                                     {k: jnp.asarray(v) for k, v in inputs.items()})
     spec_out = jax.eval_shape(lambda v, x: module.apply(v, x), variables, inputs)["output"]
     with jax.default_matmul_precision("highest"):
-        expected = np.asarray(module.apply(variables, inputs)["output"])
+        expected = np.asarray(jax.jit(module.apply)(variables, inputs)["output"])
     model = to_onnx(graph, jax.device_get(variables), opset)
     final = next(n.input[0] for n in model.graph.node if n.output[0] == "output")
     onnx_shape = inferred_shapes(model).get(final, ())

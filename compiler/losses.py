@@ -41,7 +41,9 @@ def categorical_crossentropy(out: jax.Array, logits: jax.Array | None, y: jax.Ar
 
 def sparse_categorical_crossentropy(out: jax.Array, logits: jax.Array | None, y: jax.Array,
                                     spec: LossSpec) -> jax.Array:
-    """Cross-entropy against integer class labels."""
+    """Cross-entropy against integer class labels (or soft targets, as mixup makes them)."""
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        return categorical_crossentropy(out, logits, y, spec)
     return categorical_crossentropy(out, logits, y.astype(jnp.int32), spec)
 
 

@@ -95,5 +95,7 @@ class OnnxBuilder:
 
     def _initializer(self, base: str, array: np.ndarray) -> str:
         name = self.fresh(base)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        # ascontiguousarray turns a 0-d array into shape (1,); keep true scalars scalar.
+        array = np.ascontiguousarray(array).reshape(array.shape)
+        self.initializers.append(numpy_helper.from_array(array, name))
         return name

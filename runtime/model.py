@@ -48,6 +48,8 @@ class Model:
         self.inputs = [_info(a) for a in self.session.get_inputs()]
         self.outputs = [_info(a) for a in self.session.get_outputs()]
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.input_ranges: dict[str, list[int]] = json.loads(
+            self.metadata.get("input_ranges", "{}"))
 
     @property
     def labels(self) -> dict[str, list[str]]:
@@ -75,6 +77,10 @@ class Model:
                     raise InputError(f"input {info.name!r} expects {info.dtype.name} values in "
                                      f"[{lo}, {hi}], got [{x.min()}, {x.max()}]")
             x = x.astype(info.dtype)
+        bounds = self.input_ranges.get(info.name)
+        if bounds and x.size and (x.min() < bounds[0] or x.max() >= bounds[1]):
+            raise InputError(f"input {info.name!r} holds ids outside [{bounds[0]}, {bounds[1]}) "
+                             f"(the embedding's table): got [{x.min()}, {x.max()}]")
         return np.ascontiguousarray(x)
 
     def predict(self, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

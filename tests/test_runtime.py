@@ -81,3 +81,42 @@ def test_missing_files_are_bad_input(small_run, tmp_path):
     assert result.returncode == 2 and "no model file" in result.stderr
     result = predict_without_jax(str(run / "model.onnx"), "--input", str(tmp_path / "no.npy"))
     assert result.returncode == 2 and "no such file" in result.stderr
+
+
+EMBED = """\
+version: 1
+name: tokens
+inputs:
+  ids: {shape: [6], dtype: int32}
+layers:
+  - {type: embedding, input_dim: 20, output_dim: 4}
+  - {type: flatten}
+  - {type: dense, units: 2}
+  - {type: softmax}
+data: {source: npz, path: d.npz}
+train: {epochs: 2, batch_size: 32, loss: sparse_categorical_crossentropy}
+"""
+
+
+def test_out_of_range_ids_are_refused_at_the_boundary(tmp_path):
+    from conftest import run_cli
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 20, size=(200, 6)).astype(np.int32)
+    np.savez(tmp_path / "d.npz", x=ids, y=(ids[:, 0] > 9).astype(np.int64))
+    (tmp_path / "tokens.yaml").write_text(EMBED)
+    result = run_cli("train", "tokens.yaml", "--out", "run", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    np.save(tmp_path / "bad.npy", np.array([[0, 1, 2, 3, 4, 20]], np.int32))
+    result = predict_without_jax(str(tmp_path / "run" / "model.onnx"), "--input",
+                                 str(tmp_path / "bad.npy"))
+    assert result.returncode == 2
+    assert "input 'ids' holds ids outside [0, 20) (the embedding's table): got [0, 20]" in (
+        result.stderr)
+
+
+def test_embedding_needs_an_integer_input(tmp_path):
+    from nnspec.main import main
+
+    (tmp_path / "tokens.yaml").write_text(EMBED.replace("dtype: int32", "dtype: float32"))
+    assert main(["validate", str(tmp_path / "tokens.yaml")]) == 2

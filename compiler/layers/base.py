@@ -51,6 +51,8 @@ class Layer(BaseModel):
     elementwise: ClassVar[bool] = False
     """Element-wise activations may also be named by the `activation:` parameter of a layer."""
     min_opset: ClassVar[int] = 13
+    integer_input: ClassVar[bool] = False
+    """The layer reads integer ids (embedding): its inputs must be integer model inputs."""
 
     def infer(self, *shapes: Shape) -> Shape:
         """The output shape for these input shapes; a ValueError says what is wrong."""

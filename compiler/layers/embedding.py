@@ -20,6 +20,7 @@ class Embedding(Layer):
     before they reach either."""
 
     type_name = "embedding"
+    integer_input = True
     input_dim: int = Field(gt=0, description="vocabulary size: ids lie in [0, input_dim)")
     output_dim: int = Field(gt=0, description="features of each embedding vector")
 

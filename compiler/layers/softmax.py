@@ -22,11 +22,12 @@ class Softmax(Layer):
     )
 
     def infer(self, shape: Shape) -> Shape:
-        if not -len(shape) - 1 <= self.axis <= len(shape):
+        rank = len(shape) + 1
+        if not -rank <= self.axis < rank:
             raise ValueError(f"`axis` must index a dimension of the input (including batch "
-                             f"axis 0). Received: axis={self.axis} for rank {len(shape) + 1}")
-        if self.axis == 0:
-            raise ValueError("`axis` must not be the batch axis 0. Received: axis=0")
+                             f"axis 0). Received: axis={self.axis} for rank {rank}")
+        if self.axis % rank == 0:
+            raise ValueError(f"`axis` must not be the batch axis. Received: axis={self.axis}")
         return shape
 
     def flax(self, x: Any, *, name: str, train: bool) -> Any:
