@@ -94,7 +94,7 @@ CASES = [
      "`path` is required when source is 'npz'"),
     ("bad-split", GOOD.replace("{source: digits}", "{source: digits, validation_split: 1.5}"), 9,
      "1.5", "data.validation_split: Input should be less than 1"),
-    ("bad-optimizer", GOOD.replace("  loss:", "  optimizer: adamw\n  loss:"), 12, "adamw",
+    ("bad-optimizer", GOOD.replace("  loss:", "  optimizer: adma\n  loss:"), 12, "adma",
      "did you mean 'adam'?"),
 ]
 

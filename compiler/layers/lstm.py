@@ -1,0 +1,46 @@
+"""lstm: long short-term memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nnspec.compiler.layers._recurrent import Recurrent, biases, kernels
+from nnspec.compiler.layers.base import Example, register
+
+
+@register
+class LSTM(Recurrent):
+    """Long short-term memory, as Keras `LSTM` / Flax `nn.OptimizedLSTMCell` (sigmoid gates,
+    tanh cell; no peepholes); exported as ONNX `LSTM`."""
+
+    type_name = "lstm"
+    onnx_op = "LSTM"
+    # tract 0.23 fails at run time on the sequence output of a bidirectional LSTM whose batch is
+    # symbolic ("Clashing resolution for expression"); GRU and RNN are not affected.
+    fused_bidirectional_sequences = False
+
+    examples = (
+        Example({"units": 8}, ((6, 5),), note="final state"),
+        Example({"units": 4, "return_sequences": True}, ((None, 6),), note="free length"),
+        Example({"units": 5, "bidirectional": True}, ((None, 3),),
+                note="free length, both final states"),
+        Example({"units": 3, "bidirectional": True, "return_sequences": True}, ((7, 4),),
+                note="both directions' sequences"),
+    )
+
+    def flax_cell(self) -> Any:
+        import flax.linen as nn
+
+        # Same parameters and function as nn.LSTMCell, with the four gates' matmuls fused.
+        return nn.OptimizedLSTMCell(self.units, parent=None)
+
+    @staticmethod
+    def hidden(carry: Any) -> Any:
+        return carry[1]
+
+    def onnx_weights(self, cell: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # ONNX orders the gates i, o, f, c (Flax's g); Flax biases only the recurrent Denses.
+        return (kernels(cell, ["ii", "io", "if", "ig"]), kernels(cell, ["hi", "ho", "hf", "hg"]),
+                biases(cell, [None, None, None, None, "hi", "ho", "hf", "hg"], self.units))
