@@ -207,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="FILE",
                    help=".npy batch (or one sample), or .npz with one array per input")
     p.set_defaults(func=cmd_predict)
+
+    import importlib
+    import pkgutil
+
+    from nnspec import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"nnspec.commands.{info.name}").add_parser(verbs, overrides)
     return parser
 
 

@@ -14,6 +14,7 @@ from conftest import EXAMPLES, ROOT
 # Source folder -> import path, as pyproject.toml maps them.
 MAPPED = {"cli": "nnspec", "spec": "nnspec/spec", "compiler": "nnspec/compiler",
           "runtime": "nnspec/runtime"}
+# (cli/commands/ is the subpackage nnspec.commands, found by the walk of cli/.)
 
 
 def _sources() -> dict[str, Path]:
