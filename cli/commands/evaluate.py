@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
         own = (spec.outputs or {}).get(out)
         loss = own.loss if own and own.loss else spec.train.loss if spec.train else None
         wanted = args.metrics.split(",") if args.metrics else list(
-            (own.metrics if own and own.metrics is not None else
-             spec.train.metrics if spec.train else []))
+            own.metrics if own and own.metrics is not None else
+             spec.train.metrics if spec.train else [])
         values = predicted[out]
         classifier = values.ndim >= 2 and values.shape[-1] > 1
         if not args.metrics and classifier and "accuracy" not in wanted:
