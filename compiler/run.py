@@ -157,7 +157,13 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         origin = spec.train.init_from
         origin = origin if os.path.isabs(origin) else os.path.join(loaded.folder, origin)
         initial = load_initial(origin, trainer.init(data.train.x), log)
-    checkpoints = Checkpoints(os.path.join(out_dir, "checkpoints"), spec.train.checkpoint.keep)
+    folder = os.path.join(out_dir, "checkpoints")
+    if not resume and os.path.isdir(folder):
+        # A fresh run into an old run directory: the old checkpoints belong to another run.
+        import shutil
+
+        shutil.rmtree(folder)
+    checkpoints = Checkpoints(folder, spec.train.checkpoint.keep)
     records = EpochRecords(out_dir)
     try:
         with _StopFlag() as stop:
