@@ -7,7 +7,7 @@ every layer lowers its inference behaviour.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,8 +28,10 @@ def _dims(name: str, shape: tuple) -> list:
 
 
 def to_onnx(graph: Graph, variables: Mapping[str, Any], opset: int,
-            metadata: Mapping[str, str] | None = None, doc: str = "") -> onnx.ModelProto:
-    """Lower a graph and its trained variables to a checked ONNX model."""
+            metadata: Mapping[str, str] | None = None, doc: str = "",
+            argmax: Collection[str] = ()) -> onnx.ModelProto:
+    """Lower a graph and its trained variables to a checked ONNX model. Outputs named in
+    `argmax` are also exported as `NAME_class`, the index of their largest value (int64)."""
     g = OnnxBuilder(opset, _to_numpy(variables))
     tensors = {name: name for name in graph.inputs}
     for name in graph.inputs:
@@ -47,8 +49,13 @@ def to_onnx(graph: Graph, variables: Mapping[str, Any], opset: int,
     outputs = []
     for out, src in graph.outputs.items():
         g.nodes.append(helper.make_node("Identity", [tensors[src]], [out], name=out))
-        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT,
-                                                     _dims(out, graph.node(src).shape)))
+        shape = graph.node(src).shape
+        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, _dims(out, shape)))
+        if out in argmax:
+            g.nodes.append(helper.make_node("ArgMax", [tensors[src]], [f"{out}_class"],
+                                            name=f"{out}_class", axis=-1, keepdims=0))
+            outputs.append(helper.make_tensor_value_info(f"{out}_class", TensorProto.INT64,
+                                                         _dims(out, shape[:-1])))
     inputs = [helper.make_tensor_value_info(name, _DTYPES[spec.dtype], _dims(name, spec.shape))
               for name, spec in graph.inputs.items()]
     proto = helper.make_graph(g.nodes, graph.name, inputs, outputs, g.initializers)

@@ -49,6 +49,15 @@ def resolved_spec(loaded: LoadedSpec, graph: Graph) -> dict[str, Any]:
     return data
 
 
+def _version_of(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -202,10 +211,20 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
                                     if n.type == "embedding" for r in n.inputs
                                     if r in graph.inputs}),
         "jax_version": jax.__version__,
+        "flax_version": _version_of("flax"),
+        "optax_version": _version_of("optax"),
+        "onnx_version": _version_of("onnx"),
+        "onnxruntime_version": _version_of("onnxruntime"),
+        "opset": str(spec.export.opset),
+        "inputs": json.dumps({k: {"shape": v.shape, "dtype": v.dtype}
+                              for k, v in spec.inputs.items()}),
+        "outputs": json.dumps({k: {"from": v, "shape": list(graph.node(v).shape)}
+                               for k, v in graph.outputs.items()}),
         "python": platform.python_version(),
     }
+    argmax = [k for k, o in (spec.outputs or {}).items() if o.argmax]
     model = to_onnx(graph, result.variables, spec.export.opset, metadata,
-                    doc=spec.description or spec.name)
+                    doc=spec.description or spec.name, argmax=argmax)
     check_shapes(model, graph)
     candidate = os.path.join(out_dir, f".{MODEL}.candidate")
     write_bytes(candidate, model.SerializeToString())

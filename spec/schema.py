@@ -65,6 +65,8 @@ class OutputSpec(SpecModel):
     loss: LossSpec | None = None
     loss_weight: float = Field(default=1.0, ge=0)
     metrics: list[Metric] | None = None
+    argmax: bool = Field(default=False, description="also export NAME_class: the index of "
+                         "the largest value (the predicted class)")
 
 
 class ScheduleSpec(SpecModel):

@@ -78,3 +78,15 @@ def test_one_optax_step_lowers_a_loss(layer, example):
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
     updates, _ = tx.update(grads, tx.init(params), params)
     assert jax.jit(loss)(optax.apply_updates(params, updates)) < before
+
+
+def test_an_operator_too_new_for_the_opset_is_refused_by_name():
+    from nnspec.compiler.onnx_builder import ExportError, OnnxBuilder
+
+    g = OnnxBuilder(opset=13, variables={})
+    with g.scoped("norm1"), pytest.raises(ExportError, match=r"layer 'norm1' needs ONNX operator "
+                                          r"LayerNormalization, which opset 13 lacks; use "
+                                          r"export.opset >= 17"):
+        g.op("LayerNormalization", "x")
+    with g.scoped("act"), pytest.raises(ExportError, match="has no attribute"):
+        g.op("Relu", "x", alpha=1.0)

@@ -43,8 +43,9 @@ def test_quickstart_reaches_accuracy_and_parity(quickstart):
 def test_run_directory_contents(quickstart):
     out, _ = quickstart
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["history.json", "metrics.json", "model.onnx", "parity.json",
-                     "resolved_spec.yaml", "spec.yaml"]
+    assert names == ["checkpoints", "confusion.png", "curves.png", "history.json",
+                     "metrics.csv", "metrics.json", "metrics.jsonl", "model.onnx", "parity.json",
+                     "resolved_spec.yaml", "spec.yaml", "weights.msgpack"]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, 41))
     assert history[-1]["loss"] < history[0]["loss"] / 5
@@ -59,7 +60,14 @@ def test_export_is_named_and_self_describing(quickstart):
     inits = {t.name for t in model.graph.initializer}
     assert {"fc1/kernel", "fc1/bias", "fc2/kernel", "fc2/bias", "logits/kernel"} <= inits
     assert [i.name for i in model.graph.input] == ["pixels"]
-    assert [o.name for o in model.graph.output] == ["digit"]
+    assert [o.name for o in model.graph.output] == ["digit", "digit_class"]
+    from nnspec.runtime import load
+
+    x = np.random.default_rng(0).integers(0, 17, (20, 8, 8)).astype(np.uint8)
+    outs = load(out / "model.onnx").predict(x)
+    assert np.array_equal(outs["digit_class"], outs["digit"].argmax(-1))
+    assert {"opset", "onnx_version", "flax_version", "inputs", "outputs"} <= {
+        p.key for p in model.metadata_props}
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert model.opset_import[0].version == 21 and model.ir_version == 10
     props = {p.key: p.value for p in model.metadata_props}

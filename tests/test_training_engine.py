@@ -155,6 +155,27 @@ train:
 """
 
 
+def test_reduce_on_plateau_lowers_the_rate(tmp_path):
+    text = BASE.replace("epochs: 4", "epochs: 12").replace(
+        "learning_rate: 0.003}",
+        "learning_rate: 0.3, schedule: {name: reduce_on_plateau, patience: 1, factor: 0.5}}")
+    run, result = train(tmp_path, text)
+    rates = [r["learning_rate"] for r in history(run)]
+    assert rates[0] == pytest.approx(0.3)
+    assert min(rates) < 0.3 and all(b <= a for a, b in zip(rates, rates[1:]))
+
+
+def test_every_metric_is_recorded(tmp_path):
+    text = BASE.replace("metrics: [accuracy]",
+                        "metrics: [accuracy, top_k_accuracy, precision, recall, f1]")
+    run, _ = train(tmp_path, text)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"loss", "accuracy", "top_k_accuracy", "precision",
+                                    "recall", "f1"}
+    assert metrics["test"]["top_k_accuracy"] >= metrics["test"]["accuracy"]
+    assert {"val_f1", "val_precision"} <= set(history(run)[0])
+
+
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     _npz(tmp_path)
     big, _ = train(tmp_path, VECTOR, name="big")
