@@ -50,8 +50,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or os.path.join("runs", loaded.spec.name)
     from nnspec.compiler.run import train_run
 
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    result = train_run(loaded, out, log, resume=args.resume)
+    if args.quiet:
+        result = train_run(loaded, out, lambda s: None, resume=args.resume)
+    elif sys.stderr.isatty():
+        with _Progress(loaded.spec.train.epochs if loaded.spec.train else 1) as log:
+            result = train_run(loaded, out, log, resume=args.resume)
+    else:  # logs and CI: one plain line per epoch, no bar
+        result = train_run(loaded, out, lambda s: print(s, file=sys.stderr, flush=True),
+                           resume=args.resume)
     summary = {split: m for split, m in result.metrics.items() if split != "training"}
     print(json.dumps({"out": out, "metrics": summary,
                       "samples_per_second": round(result.metrics["training"]
@@ -110,6 +116,42 @@ def cmd_graph(args: argparse.Namespace) -> int:
                               check=True).stdout
     write_bytes(args.out, rendered)
     return EXIT_OK
+
+
+class _Progress:
+    """A progress bar over epochs on a terminal (rich), with the latest metrics beside it."""
+
+    def __init__(self, epochs: int):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 TextColumn("{task.description}"),
+                                 console=Console(stderr=True))
+        self.task = self.progress.add_task("", total=epochs)
+
+    def __enter__(self) -> _Progress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, line: str) -> None:
+        if line.startswith("epoch ") and "/" in line.split()[1]:
+            done = int(line.split()[1].split("/")[0])
+            rest = line.split(None, 2)[2] if len(line.split(None, 2)) > 2 else ""
+            self.progress.update(self.task, completed=done, description=rest)
+        else:
+            self.progress.console.print(line)
 
 
 def _read_input(path: str) -> Any:
