@@ -208,6 +208,21 @@ class Trainer:
         return self.module.init({"params": self.init_key, "dropout": self.dropout_key},
                                 {k: jnp.asarray(v[:1]) for k, v in x.items()}, train=False)
 
+    def adapt(self, variables: dict[str, Any], train: Split) -> dict[str, Any]:
+        """Statistics of `normalize` layers without given ones, from the training inputs."""
+        stats = dict(variables.get("stats", {}))
+        for node in self.graph.nodes:
+            if node.type == "normalize" and node.layer.adapt:
+                source = node.inputs[0]
+                if source not in train.x:
+                    raise DataError(f"layer {node.name!r} (normalize) adapts its statistics "
+                                    f"from the training data, so it must read a model input; "
+                                    f"it reads {source!r}. Give `mean` and `std`, or move it "
+                                    "to the input")
+                found = node.layer.statistics(train.x[source])
+                stats[node.name] = {k: jnp.asarray(v) for k, v in found.items()}
+        return {**variables, "stats": stats} if stats else variables
+
     def _key(self, head: Head, metric: str) -> str:
         return metric if self.single else f"{head.output}_{metric}"
 
@@ -324,7 +339,9 @@ class Trainer:
         spec = self.spec
         variables = self.init(data.train.x)
         if initial:
-            variables = initial
+            variables = initial  # statistics too come from the source, where names match
+        else:
+            variables = self.adapt(variables, data.train)
         params = variables["params"]
         state = {k: v for k, v in variables.items() if k != "params"}
         n, size = len(data.train), self.batch

@@ -325,3 +325,31 @@ def test_four_cpu_devices_match_one(tmp_path):
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-4)
     np.testing.assert_allclose([r["val_loss"] for r in a], [r["val_loss"] for r in b],
                                rtol=1e-4)
+
+
+def test_normalize_adapts_to_the_training_data_and_ships_in_the_model(tmp_path):
+    text = BASE.replace("  - {type: flatten}\n  - {type: rescale, scale: 0.0625}\n",
+                        "  - {type: normalize, name: norm}\n  - {type: flatten}\n")
+    run, _ = train(tmp_path, text)
+    stats = weights(run)["stats"]["norm"]
+    from nnspec.compiler.data.dataset import make_dataset
+    from nnspec.compiler.graph import check_spec
+    loaded, _ = check_spec(tmp_path / "run.yaml")
+    data = make_dataset(loaded.spec.data, loaded.spec.inputs, ["output"], str(tmp_path))
+    x = data.train.x["pixels"].reshape(-1, 8).astype(np.float64)
+    np.testing.assert_allclose(stats["mean"], x.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["std"], x.std(0) + 1e-7, rtol=1e-6)
+    import onnx
+    from onnx import numpy_helper
+    inits = {t.name: numpy_helper.to_array(t)
+             for t in onnx.load(str(run / "model.onnx")).graph.initializer}
+    np.testing.assert_array_equal(inits["norm/mean"], stats["mean"])
+    assert json.loads((run / "parity.json").read_text())["passed"]
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] > 0.8
+
+
+def test_adapting_normalize_must_read_an_input(tmp_path):
+    text = BASE.replace("  - {type: rescale, scale: 0.0625}\n", "  - {type: normalize}\n")
+    _, result = train(tmp_path, text, check=False)
+    assert result.returncode == 2
+    assert "must read a model input; it reads 'flatten_1'" in result.stderr
