@@ -250,4 +250,42 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
     os.unlink(candidate)
     if os.path.exists(os.path.join(out_dir, REJECTED)):
         os.unlink(os.path.join(out_dir, REJECTED))
+    _deliverables(out_dir, graph, data, resolved, metrics, parity, spec, log)
     return RunResult(out_dir, metrics, parity)
+
+
+def _deliverables(out_dir: str, graph: Graph, data: Dataset, resolved: dict[str, Any],
+                  metrics: dict[str, Any], parity: dict[str, Any], spec: Any,
+                  log: Callable[[str], None]) -> None:
+    """What ships beside the model: the quantized copy the spec asks for (export.quantize),
+    the golden bundle, the model card and SHA256SUMS (written last, over all of them)."""
+    from nnspec.compiler.model_card import (
+        write_manifest,
+        write_model_card,
+        write_reference_bundle,
+    )
+    from nnspec.compiler.summary import summarize
+
+    report = None
+    quantize = spec.export.quantize
+    if quantize is not None:
+        from nnspec.compiler.quantize import quantize_and_gate
+
+        report = quantize_and_gate(os.path.join(out_dir, MODEL), quantize.method,
+                                   quantize.max_drop, dataset=data,
+                                   calibration_samples=quantize.calibration_samples,
+                                   per_channel=quantize.per_channel)
+        log(f"{quantize.method}: {report['size']['ratio']:.2f}x the size, "
+            f"{report.get('change_points', 0.0):+.2f} points, "
+            f"{'kept' if report['passed'] else 'rejected'}: {report['output']}")
+    golden = parity_inputs(graph, data, 16)
+    write_reference_bundle(out_dir, golden)  # expected outputs: model.onnx in onnxruntime
+    write_model_card(out_dir, resolved, metrics, parity, summary_rows=summarize(graph),
+                     sample_inputs=golden)
+    write_manifest(out_dir)
+    if report is not None and not report["passed"]:
+        from nnspec.compiler.quantize import GateError
+
+        raise GateError(f"the {quantize.method} model loses {100 * report['drop']:.2f} points, "
+                        f"more than export.quantize.max_drop {quantize.max_drop:g} allows; kept "
+                        f"as {report['output']} (see quantization.json)")

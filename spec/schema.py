@@ -211,11 +211,31 @@ class ParitySpec(SpecModel):
     rtol: float = Field(default=1e-5, ge=0)
 
 
+class QuantizeSpec(SpecModel):
+    """A smaller copy of the exported model (`model.METHOD.onnx`), kept only when it loses at
+    most `max_drop` accuracy on the validation split; `nnspec quantize` does the same for a
+    finished run. `quantize: static` is short for `quantize: {method: static}`."""
+
+    method: Literal["dynamic", "static", "float16"]
+    max_drop: float = Field(default=0.01, ge=0, le=1, description="largest accuracy loss "
+                            "allowed, as a fraction (0.01: one point); regressors: relative "
+                            "increase of the MAE")
+    per_channel: bool = Field(default=True, description="int8: one scale per output channel")
+    calibration_samples: int = Field(default=256, ge=1, le=100_000, description="static: "
+                                     "training samples that calibrate activation ranges")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"method": value} if isinstance(value, str) else value
+
+
 class ExportSpec(SpecModel):
     """How the trained model is exported."""
 
     opset: int = Field(default=DEFAULT_OPSET, ge=MIN_OPSET, le=MAX_OPSET)
     parity: ParitySpec = ParitySpec()
+    quantize: QuantizeSpec | None = None
 
 
 class BlockSpec(SpecModel):
