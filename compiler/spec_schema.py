@@ -23,6 +23,7 @@ def _layer_schema(cls: type) -> dict[str, Any]:
     props = schema.setdefault("properties", {})
     props["type"] = {"const": cls.type_name, "description": (cls.__doc__ or "").strip()}
     props["name"] = {"type": "string", "description": "node name (weights are NAME/param)"}
+    props["trainable"] = {"type": "boolean", "description": "false: keep the weights fixed"}
     props["inputs"] = {"description": "layer or input name(s); default: the previous layer",
                        "anyOf": [{"type": "string"}, {"type": "array",
                                                       "items": {"type": "string"}}]}
@@ -51,15 +52,28 @@ def spec_schema() -> dict[str, Any]:
               "description": "the model's layers; each takes the previous one's output unless "
                              "it names its `inputs`"}
     root["properties"]["layers"] = layers
-    for short in ("LossSpec", "OptimizerSpec"):
+    for short in ("LossSpec", "OptimizerSpec", "ScheduleSpec", "QuantizeSpec"):
         # `loss: mse` is short for `loss: {name: mse}`: the schema accepts both.
         if short in definitions:
             model = definitions[short]
-            name = model["properties"]["name"]
+            props = model["properties"]
+            name = props["name"] if "name" in props else props["method"]
             definitions[short] = {"anyOf": [model, name], "description": model.get(
                 "description", "")}
     if "BlockSpec" in definitions:
-        definitions["BlockSpec"]["properties"]["layers"] = layers
+        # Inside a block any value may be a `$param` placeholder, substituted on expansion.
+        template = json.loads(json.dumps(layers))
+        for alt in template["items"]["anyOf"]:
+            ref = alt.get("$ref", "").rsplit("/", 1)[-1]
+            if ref:
+                layer = json.loads(json.dumps(definitions[ref]))
+                for key, prop in layer["properties"].items():
+                    if key != "type":
+                        layer["properties"][key] = {"anyOf": [prop, {"type": "string",
+                                                                     "pattern": r"^\$"}]}
+                definitions[f"template_{ref}"] = layer
+                alt["$ref"] = f"#/definitions/template_{ref}"
+        definitions["BlockSpec"]["properties"]["layers"] = template
     root = {"$schema": DRAFT7, "$id": "https://nnspec.dev/schema/v1.json", **root,
             "definitions": definitions}
     return json.loads(json.dumps(root).replace('"$defs"', '"definitions"'))

@@ -100,6 +100,10 @@ def _check_targets(graph: Graph, head: Head, y: np.ndarray) -> None:
             raise DataError(f"output {out!r}: loss {name!r} needs integer class labels, one "
                             f"per sample; the targets have shape {y.shape[1:]} and dtype "
                             f"{y.dtype}")
+        if y.shape[1:] != tuple(shape[:-1]):
+            raise DataError(f"output {out!r} has shape {tuple(shape)} but the labels have shape "
+                            f"{y.shape[1:]} per sample; a classifier's output should be "
+                            f"(classes,) (add a flatten or a global pooling layer before it?)")
         if len(y) and (y.min() < 0 or y.max() >= shape[-1]):
             raise DataError(f"class labels range over [{y.min()}, {y.max()}] but output {out!r} "
                             f"has {shape[-1]} classes (shape {shape})")
@@ -205,8 +209,10 @@ class Trainer:
 
     def init(self, x: dict[str, np.ndarray]) -> dict[str, Any]:
         """Initial variables from the seed (only the sample shapes of `x` matter)."""
-        return self.module.init({"params": self.init_key, "dropout": self.dropout_key},
-                                {k: jnp.asarray(v[:1]) for k, v in x.items()}, train=False)
+        # Jitted: eager initialisation runs op by op, seconds for a small model.
+        init = jax.jit(self.module.init, static_argnames="train")
+        return init({"params": self.init_key, "dropout": self.dropout_key},
+                    {k: jnp.asarray(v[:1]) for k, v in x.items()}, train=False)
 
     def adapt(self, variables: dict[str, Any], train: Split) -> dict[str, Any]:
         """Statistics of `normalize` layers without given ones, from the training inputs."""

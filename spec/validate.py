@@ -139,6 +139,12 @@ def apply_overrides(doc: Document, overrides: typing.Sequence[str]) -> None:
                                     "expected KEY.PATH=VALUE, for example train.epochs=1"))
             continue
         node = doc.data
+        if len(parts) > 2 and parts[0] == "layers" and isinstance(parts[1], str):
+            # layers.fc1.units: a layer by name
+            named = [i for i, e in enumerate(doc.data.get("layers") or [])
+                     if isinstance(e, dict) and e.get("name") == parts[1]]
+            if named:
+                parts[1] = named[0]
         for depth, part in enumerate(parts[:-1]):
             child = node[part] if _has(node, part) else None
             if child is None and isinstance(node, dict):

@@ -47,6 +47,13 @@ def test_bad_overrides_are_located(capsys, override, message):
     assert message in err
 
 
+def test_override_a_layer_by_name():
+    from nnspec.compiler.graph import check_spec
+
+    _, graph = check_spec(EXAMPLES / "quickstart.yaml", ["layers.fc1.units=32"])
+    assert graph.node("fc1").shape == (32,)
+
+
 def test_typed_overrides(capsys):
     from nnspec.compiler.graph import check_spec
 

@@ -93,3 +93,17 @@ def test_graph_without_graphviz_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert main(["graph", str(EXAMPLES / "quickstart.yaml"), "--out",
                  str(tmp_path / "g.png")]) == 2
     assert "needs Graphviz" in capsys.readouterr().err
+
+
+def test_schema_accepts_what_validate_accepts(schema, tmp_path):
+    spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    spec["train"]["optimizer"]["schedule"] = "cosine"
+    spec["export"]["quantize"] = "dynamic"
+    spec["layers"][2]["trainable"] = False
+    spec["blocks"] = {"mlp": {"params": {"units": 8},
+                              "layers": [{"type": "dense", "units": "$units"}]}}
+    spec["layers"].insert(2, {"block": "mlp", "units": 16})
+    jsonschema.validate(spec, schema, cls=jsonschema.Draft7Validator)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    check_spec(path)

@@ -162,6 +162,7 @@ def test_failed_cross_check_fails_the_command(tmp_path):
     ("data.source=npz", "data: `path` is required when source is 'npz'"),
     ("inputs.pixels.shape=[7]", "input 'pixels' expects samples of shape (7,)"),
     ("layers.4.units=5", "class labels range over [0, 9] but output 'output' has 5 classes"),
+    ("layers.0.type=relu", "output 'output' has shape (8, 10) but the labels have shape ()"),
 ])
 def test_bad_data_is_bad_input(tmp_path, override, message):
     spec = tmp_path / "small.yaml"
