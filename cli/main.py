@@ -74,7 +74,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from nnspec.compiler.summary import render, summarize
 
     _, graph = check_spec(args.spec, args.set)
-    Console(width=max(100, Console().width)).print(render(graph, summarize(graph)))
+    Console(width=max(130, Console().width)).print(render(graph, summarize(graph)))
     return EXIT_OK
 
 

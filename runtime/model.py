@@ -41,6 +41,9 @@ class Model:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"no model file at {self.path!r}")
+        from nnspec.runtime.safety import check_model_file
+
+        check_model_file(self.path)  # external data outside the folder; onnx.checker
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -61,6 +64,10 @@ class Model:
         if x.shape == tuple(d for d in info.shape) and None not in info.shape:
             x = x[None]  # one sample without its batch axis
         want = info.shape
+        size = int(np.prod(want)) if None not in want else None
+        if size and x.ndim >= 1 and x.shape[1:] != tuple(want) and x.size and (
+                int(np.prod(x.shape[1:])) == size):
+            x = x.reshape((len(x), *want))  # as training does: same elements, row-major
         if x.ndim != len(want) + 1 or any(w is not None and w != g
                                           for w, g in zip(want, x.shape[1:])):
             raise InputError(f"input {info.name!r} expects shape (batch, "
