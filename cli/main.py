@@ -14,7 +14,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from nnspec import __version__
 
@@ -154,42 +153,13 @@ class _Progress:
             self.progress.console.print(line)
 
 
-def _read_input(path: str) -> Any:
-    import numpy as np
-
-    if not os.path.isfile(path):
-        raise UsageError(f"--input: no such file {path!r}")
-    try:
-        if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--input: cannot read {path!r} as .npy/.npz: {err}") from None
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from nnspec.runtime import load
+    from nnspec.runtime.inputs import read_inputs, write_predictions
 
     model = load(args.model)
-    x = _read_input(args.input)
-    if isinstance(x, dict) and len(model.inputs) == 1 and model.inputs[0].name not in x:
-        if len(x) != 1:
-            raise UsageError(f"--input: {args.input!r} holds {sorted(x)}; the model's input is "
-                             f"{model.inputs[0].name!r}")
-        x = next(iter(x.values()))
-    outputs = model.predict(x)
-    labels = model.labels
-    report: dict[str, Any] = {}
-    for name, value in outputs.items():
-        entry: dict[str, Any] = {"shape": list(value.shape), "values": value.tolist()}
-        if value.ndim == 2 and value.shape[-1] > 1:
-            classes = value.argmax(-1).tolist()
-            entry["class"] = classes
-            if name in labels:
-                entry["label"] = [labels[name][c] for c in classes]
-        report[name] = entry
-    print(json.dumps({"model": args.model, "outputs": report}))
+    outputs = model.predict(read_inputs(args.input, model))
+    write_predictions(outputs, model.labels, args.format, sys.stdout, model=args.model)
     return EXIT_OK
 
 
@@ -243,11 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_graph)
 
     p = verbs.add_parser("predict", help="run an exported model (numpy + onnxruntime only)",
-                         description="Run an exported ONNX model on samples from a .npy or "
-                         ".npz file and print the outputs as JSON.")
+                         description="Run an exported ONNX model on samples from .npy, "
+                         ".npz, .csv or image files and print the outputs as JSON or CSV.")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--input", required=True, metavar="FILE",
-                   help=".npy batch (or one sample), or .npz with one array per input")
+    p.add_argument("--input", required=True, action="extend", nargs="+", metavar="FILE",
+                   help=".npy batch (or one sample), .npz with one array per input, .csv (one "
+                   "sample per row, optional header) or .png/.jpg/.jpeg images; several files "
+                   "(or --input repeated) are concatenated along the batch axis")
+    p.add_argument("--format", choices=("json", "csv"), default="json",
+                   help="json (default): every output; csv: one row per sample (class, label, "
+                   "probabilities)")
     p.set_defaults(func=cmd_predict)
 
     import importlib

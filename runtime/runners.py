@@ -34,10 +34,12 @@ def run_tract(model: Model, feeds: Feeds) -> dict[str, np.ndarray]:
     with _as_path(model) as path:
         typed = tract.onnx().load(path).into_model()
         names = [typed.input_name(i) for i in range(typed.input_count())]
-        values = typed.into_runnable().run([np.ascontiguousarray(feeds[n]) for n in names])
         # tract folds the final Identity nodes away and renames outputs after their producers;
-        # its outputs keep the model's order, so take the names from the model itself.
-        outs = _output_names(path) or [typed.output_name(i) for i in range(len(values))]
+        # its outputs keep the model's order, so take the names from the model itself (read
+        # before into_runnable(), which consumes the model).
+        fallback = [typed.output_name(i) for i in range(typed.output_count())]
+        values = typed.into_runnable().run([np.ascontiguousarray(feeds[n]) for n in names])
+        outs = _output_names(path) or fallback
     return {n: v.to_numpy() for n, v in zip(outs, values)}
 
 

@@ -374,9 +374,6 @@ def test_check_needs_neither_jax_nor_onnx(small_run):
     assert report["passed"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="runners.run_tract asks the consumed tract model for its "
-                   "output names when onnx is missing ('invalid model (maybe already consumed "
-                   "?)'); fix: read typed.output_name(i) before into_runnable()")
 def test_check_tract_without_onnx(small_run):
     if "tract" not in runners.available():
         pytest.skip("tract is not installed")
