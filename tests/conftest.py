@@ -34,6 +34,21 @@ train:
 """
 """A small, fast spec on the shipped digits, with every spine layer."""
 
+EMBED = """\
+version: 1
+name: tokens
+inputs:
+  ids: {shape: [6], dtype: int32}
+layers:
+  - {type: embedding, input_dim: 20, output_dim: 4}
+  - {type: flatten}
+  - {type: dense, units: 2}
+  - {type: softmax}
+data: {source: npz, path: d.npz}
+train: {epochs: 2, batch_size: 32, loss: sparse_categorical_crossentropy}
+"""
+"""A token classifier on integer ids (npz data `d.npz` written by the test)."""
+
 # Silent broadcasting hides shape bugs; fail on it instead.
 os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli
+from conftest import EMBED, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from nnspec.compiler.data.dataset import load_digits
@@ -384,19 +384,6 @@ def test_check_tract_without_onnx(small_run):
     assert result.returncode == 0, result.stdout  # tract's outputs matched by position
 
 
-EMBED = """\
-version: 1
-name: tokens
-inputs:
-  ids: {shape: [6], dtype: int32}
-layers:
-  - {type: embedding, input_dim: 20, output_dim: 4}
-  - {type: flatten}
-  - {type: dense, units: 2}
-  - {type: softmax}
-data: {source: npz, path: d.npz}
-train: {epochs: 2, batch_size: 32, loss: sparse_categorical_crossentropy}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import EMBED
 
 from nnspec.compiler.data.dataset import load_digits
 
@@ -83,19 +84,6 @@ def test_missing_files_are_bad_input(small_run, tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
-EMBED = """\
-version: 1
-name: tokens
-inputs:
-  ids: {shape: [6], dtype: int32}
-layers:
-  - {type: embedding, input_dim: 20, output_dim: 4}
-  - {type: flatten}
-  - {type: dense, units: 2}
-  - {type: softmax}
-data: {source: npz, path: d.npz}
-train: {epochs: 2, batch_size: 32, loss: sparse_categorical_crossentropy}
-"""
 
 
 def test_out_of_range_ids_are_refused_at_the_boundary(tmp_path):

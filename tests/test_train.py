@@ -43,8 +43,9 @@ def test_quickstart_reaches_accuracy_and_parity(quickstart):
 def test_run_directory_contents(quickstart):
     out, _ = quickstart
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["checkpoints", "confusion.png", "curves.png", "history.json",
-                     "metrics.csv", "metrics.json", "metrics.jsonl", "model.onnx", "parity.json",
+    assert names == ["MODEL_CARD.md", "SHA256SUMS", "checkpoints", "confusion.png",
+                     "curves.png", "history.json", "metrics.csv", "metrics.json",
+                     "metrics.jsonl", "model.onnx", "parity.json", "reference_io.npz",
                      "resolved_spec.yaml", "spec.yaml", "weights.msgpack"]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, 41))

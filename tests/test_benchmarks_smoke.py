@@ -1,0 +1,57 @@
+"""The benchmark scripts run end to end in their tiny `--quick` mode and write their JSON.
+
+No timing is asserted here: speed targets live in benchmarks/ as ratios against baselines
+measured in the same run (see benchmarks/README.md). The three scripts run concurrently, each
+in its own process, to keep this test short.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+BENCH = ROOT / "benchmarks"
+
+
+def test_benchmark_scripts_run_quick(tmp_path):
+    runs = {
+        "train_throughput": ["--quick", "--models", "mlp", "--min-ratio", "0"],
+        "validate_speed": ["--quick", "--max-seconds", "1000",
+                           str(ROOT / "examples" / "quickstart.yaml")],
+        "fashion_mnist": ["--quick", "--models", "mlp", "--no-install",
+                          "--out", str(tmp_path / "fashion")],
+    }
+    procs = {name: subprocess.Popen(
+        [sys.executable, str(BENCH / f"{name}.py"), *args, "--json",
+         str(tmp_path / f"{name}.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for name, args in runs.items()}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{out}\n{err}"
+        assert "|" in out, f"{name} printed no table:\n{out}"
+
+    result = json.loads((tmp_path / "train_throughput.json").read_text())
+    assert result["quick"] and result["passed"]
+    (mlp,) = result["results"]
+    assert mlp["model"] == "mlp"
+    assert set(mlp["median_samples_per_second"]) == {"nnspec", "hand", "naive"}
+    assert all(v > 0 for v in mlp["median_samples_per_second"].values())
+    assert mlp["ratio_vs_hand"] > 0
+
+    result = json.loads((tmp_path / "validate_speed.json").read_text())
+    assert result["passed"]
+    assert {"python -c pass", "import nnspec.spec.validate"} <= set(result["baselines"])
+    (spec,) = result["results"]
+    assert spec["spec"] == "examples/quickstart.yaml" and spec["exit_code_ok"]
+    assert spec["median_seconds"] > 0
+
+    result = json.loads((tmp_path / "fashion_mnist.json").read_text())
+    assert result["quick"] and result["passed"]
+    (run,) = result["results"]
+    assert run["exit_code"] == 0 and run["parity_passed"] and run["onnx_written"]
+    assert 0 <= run["test_accuracy"] <= 1
+    assert len(run["seconds_per_epoch"]) == run["epochs"] == 1
