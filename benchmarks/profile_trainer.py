@@ -74,6 +74,14 @@ PACKED_SUMS = [(
     """            host = jax.device_get(carry[3])""",
     """            host = dict(zip(keys, jax.device_get(carry[3]).tolist()))""")]
 
+# Ablations, for attribution only (each drops a feature): the accuracy sum, the per-step
+# non-finite check, the accumulation of the sums.
+ABLATE_ACCURACY = [("""on_device: tuple[str, ...] = ("accuracy",)""",
+                    """on_device: tuple[str, ...] = ()""")]
+ABLATE_NONFINITE = [("bad = jnp.where(jnp.isfinite(total), bad, jnp.minimum(bad, step_no))",
+                     "bad = bad")]
+ABLATE_SUMS = [("sums = jax.tree.map(jnp.add, sums, batch)", "sums = batch")]  # last batch only
+
 VARIANTS: dict[str, list[tuple[str, str]]] = {
     "as_is": [],
     "numpy_batches": NUMPY_BATCHES,
@@ -81,6 +89,10 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     "numpy_batches+lean_step": NUMPY_BATCHES + LEAN_STEP,
     "packed_sums": PACKED_SUMS,
     "numpy_batches+packed_sums": NUMPY_BATCHES + PACKED_SUMS,
+    "numpy_batches-accuracy": NUMPY_BATCHES + ABLATE_ACCURACY,
+    "numpy_batches-nonfinite": NUMPY_BATCHES + ABLATE_NONFINITE,
+    "numpy_batches-sums": NUMPY_BATCHES + ABLATE_SUMS,
+    "numpy_batches+packed_sums-nonfinite": NUMPY_BATCHES + PACKED_SUMS + ABLATE_NONFINITE,
 }
 DEFAULT_VARIANTS = "as_is,numpy_batches,numpy_batches+packed_sums"
 
@@ -96,7 +108,7 @@ def patched_source(name: str) -> str:
 
 
 def load_variant(name: str) -> types.ModuleType:
-    module_name = f"nnspec_bench_train_{name.replace('+', '_')}"
+    module_name = "nnspec_bench_train_" + "".join(c if c.isalnum() else "_" for c in name)
     module = types.ModuleType(module_name)
     module.__file__ = str(TRAIN_PY)
     sys.modules[module_name] = module  # dataclasses look their module up

@@ -179,13 +179,19 @@ def run_hand(s: Setup, epochs: int, warmup: int, gather: bool, cache: dict) -> l
     import jax
     import jax.numpy as jnp
 
+    def fresh() -> Any:
+        params = s.hand.init(jax.random.key(0), s.x[:1], train=False)["params"]
+        return (params, tx.init(params), jnp.zeros((), jnp.float32),
+                jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
     key = "gather" if gather else "naive"
     if key not in cache:
-        cache[key] = hand_step(s, gather)
+        cache[key] = step, tx = hand_step(s, gather)
+        first = epoch_order(len(s.x), s.batch, 0, 0)[0]  # compile outside the timed epochs
+        args = (s.x_dev, s.y_dev, first) if gather else (s.x[first], s.y[first])
+        jax.block_until_ready(step(fresh(), *args))
     step, tx = cache[key]
-    params = s.hand.init(jax.random.key(0), s.x[:1], train=False)["params"]
-    carry = (params, tx.init(params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
-             jnp.zeros((), jnp.int32))
+    carry = fresh()
     n, seconds = len(s.x), []
     for epoch in range(1, epochs + 1):
         idx = epoch_order(n, s.batch, 0, epoch)

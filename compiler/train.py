@@ -207,6 +207,14 @@ class Trainer:
         self.sharded = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 
+    def _batch(self, idx: np.ndarray, mask: np.ndarray) -> tuple[Any, Any]:
+        """A step's indices and mask: sharded over the devices when there are several (data
+        parallelism), else plain numpy, which jit transfers faster than an explicit
+        device_put (benchmarks/profile_trainer.py)."""
+        if len(self.devices) == 1:
+            return idx, mask
+        return jax.device_put(idx, self.sharded), jax.device_put(mask, self.sharded)
+
     def init(self, x: dict[str, np.ndarray]) -> dict[str, Any]:
         """Initial variables from the seed (only the sample shapes of `x` matter)."""
         # Jitted: eager initialisation runs op by op, seconds for a small model.
@@ -292,7 +300,9 @@ class Trainer:
             updates, opt_state = self.tx.update(grads, opt_state, params)
             updates = jax.tree.map(lambda u, f: u * f * lr_scale, updates, frozen)
             params = optax.apply_updates(params, updates)
-            sums = jax.tree.map(jnp.add, sums, batch)
+            # One vector of sums, not a dict: one small kernel per step instead of one per
+            # metric (a 2x difference on small models; benchmarks/profile_trainer.py).
+            sums = sums + jnp.stack([batch[k] for k in sorted(batch)])
             bad = jnp.where(jnp.isfinite(total), bad, jnp.minimum(bad, step_no))
             return (params, {**state, **new_state}, opt_state, sums, bad, lr_scale, frozen,
                     step_no + 1)
@@ -359,8 +369,10 @@ class Trainer:
             {"params": params, **state}, {k: v[:size] for k, v in x_all.items()}),
             {k: v[:size] for k, v in y_all.items()}, jnp.ones(size))[1])
 
-        def zeros() -> dict[str, jax.Array]:
-            return jax.tree.map(lambda a: jnp.zeros((), jnp.float32), layout)
+        keys = sorted(layout)  # the order of the sums in the carry's vector
+
+        def zeros() -> jax.Array:
+            return jnp.zeros(len(keys), jnp.float32)
 
         unfreeze = spec.unfreeze_after
         carry = (params, state, self.tx.init(params), zeros(), jnp.int32(_NO_STEP),
@@ -397,8 +409,8 @@ class Trainer:
         def save(epoch: int, batch: int, sums: Any = None) -> None:
             if checkpoints is None:
                 return
-            partial_sums = None if sums is None else {
-                k: float(v) for k, v in jax.device_get(sums).items()}
+            partial_sums = None if sums is None else dict(
+                zip(keys, jax.device_get(sums).tolist()))
             record = {"epoch": epoch, "batch": batch, "history": history,
                       "has_best": best_vars is not None, "partial": partial_sums,
                       "watch": watch.record() if watch else None,
@@ -409,9 +421,8 @@ class Trainer:
 
         idx0, w0 = _padded_batches(n, size)
         started = time.perf_counter()
-        step = self.train_step().lower(
-            carry, jax.device_put(idx0[0], self.sharded), jax.device_put(w0[0], self.sharded),
-            x_all, y_all).compile()
+        step = self.train_step().lower(carry, *self._batch(idx0[0], w0[0]), x_all,
+                                       y_all).compile()
         evaluate = self.eval_step()
         compile_seconds = time.perf_counter() - started
 
@@ -424,19 +435,18 @@ class Trainer:
             idx, w = _padded_batches(n, size)
             idx = order[idx]
             first = start_batch if epoch == start_epoch else 0
-            sums = zeros() if not (partial and epoch == start_epoch) else {
-                k: jnp.float32(v) for k, v in partial.items()}
+            sums = zeros() if not (partial and epoch == start_epoch) else jnp.asarray(
+                [partial[k] for k in keys], jnp.float32)
             carry = (*carry[:3], sums, *carry[4:])
             t0 = time.perf_counter()
             for b in range(first, len(idx)):
-                carry = step(carry, jax.device_put(idx[b], self.sharded),
-                             jax.device_put(w[b], self.sharded), x_all, y_all)
+                carry = step(carry, *self._batch(idx[b], w[b]), x_all, y_all)
                 if stop():
                     save(epoch, b + 1, carry[3])
                     where = checkpoints.folder if checkpoints else "nowhere (no checkpoints)"
                     raise Interrupted(f"interrupted at epoch {epoch}, step {int(carry[7])}; "
                                       f"checkpoint saved {where}")
-            host = jax.device_get(carry[3])
+            host = dict(zip(keys, jax.device_get(carry[3]).tolist()))
             bad = int(carry[4])
             elapsed = time.perf_counter() - t0
             train_seconds += elapsed
