@@ -6,7 +6,6 @@ every layer lowers its inference behaviour.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -101,7 +100,3 @@ def _version() -> str:
     from nnspec import __version__
 
     return __version__
-
-
-def metadata_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from nnspec.compiler.layers.base import Layer, Shape, describe
+from nnspec.compiler.layers.base import Example, Layer, Shape, describe
 
 
 class Recurrent(Layer):
@@ -31,6 +31,17 @@ class Recurrent(Layer):
     it is not the last row of the bidirectional sequence output, whose backward half has only
     seen the last step.
     """
+
+    # Every recurrent type is proven on the same cases (its `units` and cell differ).
+    examples = (
+        Example({"units": 8}, ((6, 5),), note="final state"),
+        Example({"units": 4, "return_sequences": True}, ((None, 6),), note="free length"),
+        Example({"units": 5, "bidirectional": True}, ((None, 3),),
+                note="free length, both final states"),
+        Example({"units": 3, "bidirectional": True, "return_sequences": True}, ((7, 4),),
+                note="both directions' sequences"),
+    )
+
 
     units: int = Field(gt=0, description="size of the hidden state")
     return_sequences: bool = Field(default=False, description="output every step's state "

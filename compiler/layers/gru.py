@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nnspec.compiler.layers._recurrent import Recurrent, biases, kernels
-from nnspec.compiler.layers.base import Example, register
+from nnspec.compiler.layers.base import register
 
 
 @register
@@ -19,15 +19,6 @@ class GRU(Recurrent):
     type_name = "gru"
     onnx_op = "GRU"
     onnx_attrs: ClassVar[dict[str, Any]] = {"linear_before_reset": 1}
-
-    examples = (
-        Example({"units": 8}, ((6, 5),), note="final state"),
-        Example({"units": 4, "return_sequences": True}, ((None, 6),), note="free length"),
-        Example({"units": 5, "bidirectional": True}, ((None, 3),),
-                note="free length, both final states"),
-        Example({"units": 3, "bidirectional": True, "return_sequences": True}, ((7, 4),),
-                note="both directions' sequences"),
-    )
 
     def flax_cell(self) -> Any:
         import flax.linen as nn

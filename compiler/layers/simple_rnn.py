@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from nnspec.compiler.layers._recurrent import Recurrent, biases, kernels
-from nnspec.compiler.layers.base import Example, register
+from nnspec.compiler.layers.base import register
 
 
 @register
@@ -17,15 +17,6 @@ class SimpleRNN(Recurrent):
 
     type_name = "simple_rnn"
     onnx_op = "RNN"
-
-    examples = (
-        Example({"units": 8}, ((6, 5),), note="final state"),
-        Example({"units": 4, "return_sequences": True}, ((None, 6),), note="free length"),
-        Example({"units": 5, "bidirectional": True}, ((None, 3),),
-                note="free length, both final states"),
-        Example({"units": 3, "bidirectional": True, "return_sequences": True}, ((7, 4),),
-                note="both directions' sequences"),
-    )
 
     def flax_cell(self) -> Any:
         import flax.linen as nn
