@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train_run(loaded, out, lambda s: None, resume=args.resume)
     elif sys.stderr.isatty():
         with _Progress(loaded.spec.train.epochs if loaded.spec.train else 1) as log:
-            result = train_run(loaded, out, log, resume=args.resume)
+            result = train_run(loaded, out, log, resume=args.resume, progress=log.step)
     else:  # logs and CI: one plain line per epoch, no bar
         result = train_run(loaded, out, lambda s: print(s, file=sys.stderr, flush=True),
                            resume=args.resume)
@@ -143,6 +143,12 @@ class _Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+    def step(self, info: dict) -> None:
+        """Within an epoch: the step, the running loss and the speed."""
+        self.progress.update(self.task, completed=info["epoch"] - 1, description=(
+            f"step {info['step']}/{info['steps']}  loss {info['loss']:.4f}  "
+            f"{info['samples_per_second']:,.0f} samples/s"))
 
     def __call__(self, line: str) -> None:
         if line.startswith("epoch ") and "/" in line.split()[1]:

@@ -134,7 +134,8 @@ def _plots(out_dir: str, graph: Graph, loaded: LoadedSpec, result: Any, heads: l
 
 
 def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lambda s: None,
-              resume: bool = False) -> RunResult:
+              resume: bool = False, progress: Callable[[dict], None] | None = None
+              ) -> RunResult:
     """Train the spec's model, export it to ONNX, cross-check the export and write the run
     directory. Raises `SpecError`/`DataError` for bad input, `ParityError` when the export
     does not reproduce the trained model, `NonFiniteError` when the loss diverges and
@@ -178,7 +179,7 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         with _StopFlag() as stop:
             result = trainer.fit(data, log, on_epoch=records.add, checkpoints=checkpoints,
                                  resume=resume, stop=stop, initial=initial,
-                                 on_resume=records.reset)
+                                 on_resume=records.reset, progress=progress)
     finally:
         checkpoints.close()
     result.targets = {name: split.y for name, split in data.splits().items()}
@@ -195,6 +196,8 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         "best_epoch": result.best_epoch,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
+        "loop": trainer.loop,
+        "pipeline": trainer.pipeline,
     }}
     write_json(os.path.join(out_dir, "metrics.json"), metrics)
 

@@ -25,11 +25,17 @@ from nnspec.compiler.graph import Graph
 from nnspec.compiler.losses import CLASSIFICATION, LOSSES
 from nnspec.compiler.metrics import METRICS
 from nnspec.compiler.optimizers import make_optimizer
+from nnspec.compiler.pipeline import Prefetch, choose_loop, choose_pipeline, nbytes, stream_chunk
 from nnspec.spec.errors import DataError, Problem, SpecError
 from nnspec.spec.schema import LossSpec, TrainSpec
 from nnspec.spec.validate import LoadedSpec
 
 EVAL_BATCH = 1024
+FIRST_SPAN = 32
+"""Steps in the first chunk of a run; later chunks are sized to take about CHUNK_SECONDS."""
+CHUNK_SECONDS = 0.5
+"""How long one chunk of steps runs between looks at the host: progress, signals, the NaN
+guard. Chunking never changes the numbers (the loop body is the same compiled code)."""
 _NO_STEP = np.iinfo(np.int32).max
 _WEIGHT_NAMES = ("kernel", "embedding")
 
@@ -114,6 +120,20 @@ def _check_targets(graph: Graph, head: Head, y: np.ndarray) -> None:
     elif int(np.prod(y.shape[1:])) != int(np.prod(shape)):
         raise DataError(f"loss {name!r} compares output {out!r} of shape {shape} with targets "
                         f"of shape {y.shape[1:]}")
+
+
+def _canonical(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays in the dtypes JAX will hold them in (float64 -> float32 without x64), so the
+    host copy streamed in batches equals the one put on the device."""
+    return {k: np.asarray(v, jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
+            for k, v in arrays.items()}
+
+
+def _rows_like(arrays: dict[str, np.ndarray], lead: tuple[int, ...], sharding: Any = None
+               ) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract arrays with the sample shape of `arrays` behind the leading axes `lead`."""
+    return {k: jax.ShapeDtypeStruct((*lead, *v.shape[1:]), v.dtype, sharding=sharding)
+            for k, v in arrays.items()}
 
 
 def _padded_batches(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,6 +226,8 @@ class Trainer:
         self.mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
         self.sharded = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.loop = choose_loop(graph, train.loop)
+        self.pipeline = train.pipeline  # 'auto' is settled by `fit`, which sees the data
 
     def _batch(self, idx: np.ndarray, mask: np.ndarray) -> tuple[Any, Any]:
         """A step's indices and mask: sharded over the devices when there are several (data
@@ -267,16 +289,15 @@ class Trainer:
         sums["loss"] = total * jnp.sum(mask)
         return total, sums
 
-    def train_step(self) -> Callable[..., Any]:
+    def _body(self) -> Callable[..., Any]:
+        """One optimisation step on a gathered batch: (carry, x, y, mask) -> carry."""
         reg = self.spec.regularization
         augments = self.spec.augment
         image_inputs = [n for n, s in self.graph.inputs.items() if len(s.shape) == 3]
         classes = {h.output: self.graph.output_node(h.output).shape[-1] for h in self.heads}
 
-        def step(carry, idx, mask, x_all, y_all):
+        def body(carry, x, y, mask):
             params, state, opt_state, sums, bad, lr_scale, frozen, step_no = carry
-            x = {k: v[idx] for k, v in x_all.items()}
-            y = {k: v[idx] for k, v in y_all.items()}
             if augments:
                 from nnspec.compiler.augment import augment
 
@@ -307,7 +328,35 @@ class Trainer:
             return (params, {**state, **new_state}, opt_state, sums, bad, lr_scale, frozen,
                     step_no + 1)
 
-        return jax.jit(step, donate_argnums=(0,))
+        return body
+
+    def train_step(self, loop: str = "step", stream: bool = False) -> Callable[..., Any]:
+        """The jitted train call, with the carry donated.
+
+        `loop='step'`: `(carry, b, idx, mask, xs, ys)` runs step `b`; `loop='fused'`:
+        `(carry, first, last, idx, mask, xs, ys)` runs steps first..last-1 in a loop on the
+        device. Row `b` of `mask` weighs step b's samples. With the data on the device, `xs` and
+        `ys` are the whole training set and row `b` of `idx` the step's sample indices; when
+        streamed, `xs` and `ys` hold a chunk of batches, (steps, batch, ...), and idx is None.
+        """
+        body = self._body()
+
+        def take(arrays: dict, b: Any, idx: Any) -> dict:
+            if stream:
+                return {k: v[b] for k, v in arrays.items()}
+            return {k: v[idx[b]] for k, v in arrays.items()}
+
+        def one(carry, b, idx, mask, xs, ys):
+            return body(carry, take(xs, b, idx), take(ys, b, idx), mask[b])
+
+        if loop == "step":
+            return jax.jit(one, donate_argnums=(0,))
+
+        def run(carry, first, last, idx, mask, xs, ys):
+            return jax.lax.fori_loop(first, last, lambda b, c: one(c, b, idx, mask, xs, ys),
+                                     carry)
+
+        return jax.jit(run, donate_argnums=(0,))
 
     def eval_step(self) -> Callable[..., Any]:
         def step(variables, x, y, mask):
@@ -344,12 +393,23 @@ class Trainer:
                 result.update({self._key(head, k): v for k, v in found.items()})
         return result, predictions if keep else {}
 
+    @staticmethod
+    def _interrupted(epoch: int, step: int, checkpoints: Any) -> Interrupted:
+        where = checkpoints.folder if checkpoints else "nowhere (no checkpoints)"
+        return Interrupted(f"interrupted at epoch {epoch}, step {step}; checkpoint saved "
+                           f"{where}")
+
     def fit(self, data: Dataset, log: Callable[[str], None] = lambda s: None,
             on_epoch: Callable[[dict], None] = lambda row: None, checkpoints: Any = None,
             resume: bool = False, stop: Callable[[], bool] = lambda: False,
             initial: dict[str, Any] | None = None,
-            on_resume: Callable[[list], None] = lambda history: None) -> TrainResult:
-        """Train; return the final (or best) variables, history, metrics and predictions."""
+            on_resume: Callable[[list], None] = lambda history: None,
+            progress: Callable[[dict], None] | None = None) -> TrainResult:
+        """Train; return the final (or best) variables, history, metrics and predictions.
+
+        `log` receives a line per epoch; `progress`, when given, a dict after each chunk of
+        steps (epoch, step, steps, running loss, samples/s); `stop` is polled between chunks.
+        """
         for head in self.heads:
             _check_targets(self.graph, head, data.train.y[head.output])
         spec = self.spec
@@ -361,14 +421,17 @@ class Trainer:
         params = variables["params"]
         state = {k: v for k, v in variables.items() if k != "params"}
         n, size = len(data.train), self.batch
-        x_all = jax.device_put({k: jnp.asarray(v) for k, v in data.train.x.items()},
-                               self.replicated)
-        y_all = jax.device_put({k: jnp.asarray(v) for k, v in data.train.y.items()},
-                               self.replicated)
-        layout = jax.eval_shape(lambda: self._objective(*self.module.apply(
-            {"params": params, **state}, {k: v[:size] for k, v in x_all.items()}),
-            {k: v[:size] for k, v in y_all.items()}, jnp.ones(size))[1])
-
+        host_x, host_y = _canonical(data.train.x), _canonical(data.train.y)
+        loop = self.loop
+        stream = choose_pipeline(spec.pipeline, nbytes(host_x) + nbytes(host_y)) == "stream"
+        self.pipeline = "stream" if stream else "device"
+        x_all = y_all = None
+        if not stream:
+            x_all = jax.device_put(host_x, self.replicated)
+            y_all = jax.device_put(host_y, self.replicated)
+        layout = jax.eval_shape(lambda x, y: self._objective(*self.module.apply(
+            {"params": params, **state}, x), y, jnp.ones(size))[1],
+            _rows_like(host_x, (size,)), _rows_like(host_y, (size,)))
         keys = sorted(layout)  # the order of the sums in the carry's vector
 
         def zeros() -> jax.Array:
@@ -420,48 +483,111 @@ class Trainer:
             checkpoints.save(int(carry[7]), tree, record)
 
         idx0, w0 = _padded_batches(n, size)
+        steps = len(idx0)
+        rows_sharding = jax.sharding.NamedSharding(self.mesh,
+                                                   jax.sharding.PartitionSpec(None, "data"))
+        chunk = steps
+        if stream:
+            sample_bytes = sum(v[:1].nbytes for v in (*host_x.values(), *host_y.values()))
+            chunk = stream_chunk(steps, size, sample_bytes)
+            xs0 = _rows_like(host_x, (chunk, size), rows_sharding)
+            ys0 = _rows_like(host_y, (chunk, size), rows_sharding)
+            idx_arg, mask_all = None, np.zeros((steps + chunk, size), np.float32)
+            mask_all[:steps] = w0
+        else:
+            xs0, ys0 = x_all, y_all
+            idx_arg = jax.device_put(idx0, rows_sharding)
+            mask_all = w0
+        mask0 = jax.device_put(mask_all[:chunk], rows_sharding)
+        fn = self.train_step(loop, stream)
         started = time.perf_counter()
-        step = self.train_step().lower(carry, *self._batch(idx0[0], w0[0]), x_all,
-                                       y_all).compile()
+        span_args = (np.int32(0), np.int32(1)) if loop == "fused" else (np.int32(0),)
+        fn = fn.lower(carry, *span_args, idx_arg, mask0, xs0, ys0).compile()
         evaluate = self.eval_step()
         compile_seconds = time.perf_counter() - started
 
+        every = spec.checkpoint.every_steps
+        step_no = int(carry[7])  # the global step, mirrored on the host
+        span = min(steps, FIRST_SPAN)
         train_seconds, stopped = 0.0, None
         for epoch in range(start_epoch, spec.epochs + 1):
             if unfreeze is not None and epoch > unfreeze:
                 carry = (*carry[:6], trainable_mask(carry[0], self.graph, frozen=False),
                          carry[7])
             order = np.random.default_rng([spec.seed, epoch]).permutation(n).astype(np.int32)
-            idx, w = _padded_batches(n, size)
-            idx = order[idx]
+            rows = order[idx0]  # (steps, batch): the epoch's sample indices
             first = start_batch if epoch == start_epoch else 0
             sums = zeros() if not (partial and epoch == start_epoch) else jnp.asarray(
                 [partial[k] for k in keys], jnp.float32)
             carry = (*carry[:3], sums, *carry[4:])
+            due = interrupted = False
             t0 = time.perf_counter()
-            for b in range(first, len(idx)):
-                carry = step(carry, *self._batch(idx[b], w[b]), x_all, y_all)
-                if stop():
-                    save(epoch, b + 1, carry[3])
-                    where = checkpoints.folder if checkpoints else "nowhere (no checkpoints)"
-                    raise Interrupted(f"interrupted at epoch {epoch}, step {int(carry[7])}; "
-                                      f"checkpoint saved {where}")
+            feed = None
+            if stream:
+                feed = Prefetch(host_x, host_y, rows, list(range(first - first % chunk, steps,
+                                                               chunk)), chunk, rows_sharding)
+                chunks = iter(feed)
+                idx, mask, base, xs, ys = None, None, -chunk, None, None
+            else:
+                idx, mask, base, xs, ys = jax.device_put(rows, rows_sharding), mask0, 0, \
+                    x_all, y_all
+            try:
+                b = first
+                while b < steps:
+                    if stream and b >= base + chunk:
+                        base, xs, ys = next(chunks)
+                        mask = jax.device_put(mask_all[base:base + chunk], rows_sharding)
+                    end = min(steps, b + span, base + chunk)
+                    if every:
+                        end = min(end, b + every - step_no % every)
+                    tick = time.perf_counter()
+                    if loop == "fused":
+                        carry = fn(carry, np.int32(b - base), np.int32(end - base), idx, mask,
+                                   xs, ys)
+                    else:
+                        for s_ in range(b - base, end - base):
+                            carry = fn(carry, np.int32(s_), idx, mask, xs, ys)
+                    running, bad = jax.device_get((carry[3], carry[4]))  # waits for the chunk
+                    took = time.perf_counter() - tick
+                    span = max(1, min(steps, round((end - b) * CHUNK_SECONDS / max(took, 1e-6))))
+                    step_no += end - b
+                    b = end
+                    if int(bad) != _NO_STEP:
+                        raise NonFiniteError(
+                            f"the loss became non-finite at step {int(bad)} (epoch {epoch}); "
+                            f"training stopped; the last good checkpoint is kept"
+                            + (f" in {checkpoints.folder}" if checkpoints else ""))
+                    if progress is not None:
+                        run = dict(zip(keys, running.tolist()))
+                        seen = max(run.pop("count"), 1.0)
+                        progress({"epoch": epoch, "epochs": spec.epochs, "step": b,
+                                  "steps": steps, "loss": run["loss"] / seen,
+                                  "samples_per_second": (b - first) * size / max(
+                                      time.perf_counter() - t0, 1e-9)})
+                    if stop():
+                        interrupted = True
+                        if b == steps:
+                            break  # the epoch is whole: record it, then save and stop
+                        save(epoch, b, carry[3])
+                        raise self._interrupted(epoch, step_no, checkpoints)
+                    if every and step_no % every == 0:
+                        if b < steps:
+                            save(epoch, b, carry[3])
+                        else:
+                            due = True  # saved below, once the epoch is recorded
+            finally:
+                if feed is not None:
+                    feed.close()
             host = dict(zip(keys, jax.device_get(carry[3]).tolist()))
-            bad = int(carry[4])
             elapsed = time.perf_counter() - t0
             train_seconds += elapsed
-            if bad != _NO_STEP:
-                raise NonFiniteError(
-                    f"the loss became non-finite at step {bad} (epoch {epoch}); training "
-                    f"stopped; the last good checkpoint is kept"
-                    + (f" in {checkpoints.folder}" if checkpoints else ""))
             count = float(host.pop("count"))
             row = {"epoch": epoch, **{k: float(v) / count for k, v in host.items()}}
             current = {"params": carry[0], **carry[1]}
             if len(data.validation):
                 val, _ = self.evaluate(current, data.validation, evaluate)
                 row.update({f"val_{k}": v for k, v in val.items()})
-            lr_now = float(self.schedule(max(int(carry[7]) - 1, 0))) * float(carry[5])
+            lr_now = float(self.schedule(max(step_no - 1, 0))) * float(carry[5])
             row["learning_rate"] = lr_now
             row["seconds"] = elapsed
             if watch or plateau:
@@ -486,8 +612,11 @@ class Trainer:
                 stopped = epoch
                 log(f"early stopping at epoch {epoch}: {early.monitor} last improved at "
                     f"epoch {watch.best_epoch}")
-            if epoch % spec.checkpoint.every_epochs == 0 or epoch == spec.epochs or stopped:
+            if (epoch % spec.checkpoint.every_epochs == 0 or epoch == spec.epochs or stopped
+                    or due or interrupted):
                 save(epoch + 1, 0)
+            if interrupted:
+                raise self._interrupted(epoch, step_no, checkpoints)
             if stopped:
                 break
 

@@ -154,6 +154,8 @@ class CheckpointSpec(SpecModel):
     """Checkpoints (Orbax) in RUN/checkpoints: parameters, optimizer state, step, data order."""
 
     every_epochs: int = Field(default=5, ge=1)
+    every_steps: int | None = Field(default=None, ge=1, description="also save every this "
+                                    "many steps (global step count), mid-epoch included")
     keep: int = Field(default=2, ge=1)
 
 
@@ -178,6 +180,15 @@ class TrainSpec(SpecModel):
     precision: Literal["float32", "bfloat16"] = Field(
         default="float32", description="compute dtype; weights stay float32")
     checkpoint: CheckpointSpec = CheckpointSpec()
+    loop: Literal["auto", "fused", "step"] = Field(
+        default="auto", description="'fused': many steps per compiled call (a loop on the "
+        "device); 'step': one call per step; 'auto': fused, except convolutions on the CPU, "
+        "which XLA:CPU runs slowly inside a loop")
+    pipeline: Literal["auto", "device", "stream"] = Field(
+        default="auto", description="'device': the training set lives on the device and each "
+        "batch is gathered there; 'stream': batches are gathered on the host and prefetched "
+        "by a background thread; 'auto': device when the set takes under half the device's "
+        "memory (a quarter of RAM on the CPU)")
 
 
 class DataSpec(SpecModel):

@@ -313,17 +313,20 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
         tmp_path / "stopped" / "weights.msgpack").read_bytes()
 
 
-def test_four_cpu_devices_match_one(tmp_path):
+@pytest.mark.parametrize("loop, pipeline", [("fused", "device"), ("step", "stream"),
+                                            ("fused", "stream")])
+def test_four_cpu_devices_match_one(tmp_path, loop, pipeline):
     text = BASE.replace("batch_size: 32", "batch_size: 64")
     one, _ = train(tmp_path, text, name="one")
     spec = tmp_path / "four.yaml"
     spec.write_text(text)
     env = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
            " --xla_force_host_platform_device_count=4"}
-    result = run_cli("train", str(spec), "--out", str(tmp_path / "four"), "-q", env=env)
+    result = run_cli("train", str(spec), "--out", str(tmp_path / "four"), "-q", "--set",
+                     f"train.loop={loop}", "--set", f"train.pipeline={pipeline}", env=env)
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "four" / "metrics.json").read_text())["training"][
-        "devices"] == 4
+    training = json.loads((tmp_path / "four" / "metrics.json").read_text())["training"]
+    assert (training["devices"], training["loop"], training["pipeline"]) == (4, loop, pipeline)
     a, b = history(one), history(tmp_path / "four")
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-4)
     np.testing.assert_allclose([r["val_loss"] for r in a], [r["val_loss"] for r in b],

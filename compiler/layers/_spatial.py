@@ -225,6 +225,9 @@ class GlobalPool(Layer):
 class ConvBase(Spatial):
     """What every convolution shares: its parameters but `groups`."""
 
+    # XLA:CPU canonicalizes convolution layouts only in the entry computation, so inside a
+    # while loop the gradient convolutions fall to a naive loop nest (6x slower; perf-cpu.md).
+    slow_in_cpu_loops: ClassVar[bool] = True
     filters: int = Field(gt=0, description="output channels")
     kernel_size: Ints = Field(description="window size, an int or one per spatial axis")
     strides: Ints = 1

@@ -53,6 +53,9 @@ class Layer(BaseModel):
     min_opset: ClassVar[int] = 13
     integer_input: ClassVar[bool] = False
     """The layer reads integer ids (embedding): its inputs must be integer model inputs."""
+    slow_in_cpu_loops: ClassVar[bool] = False
+    """XLA:CPU runs this layer's gradient much slower inside a compiled loop than as a step of
+    its own, so `train.loop: auto` dispatches one step at a time on the CPU."""
 
     def infer(self, *shapes: Shape) -> Shape:
         """The output shape for these input shapes; a ValueError says what is wrong."""

@@ -1,0 +1,130 @@
+"""How batches reach the train step: where the training set lives, how many steps one compiled
+call runs, and the background thread that streams batches when the set stays on the host.
+
+`train.loop` and `train.pipeline` choose; `auto` decides from the graph, the backend and the
+size of the data, never from timing, so a resumed run makes the same choice as the first one
+and ends bit-identical to it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from nnspec.compiler.graph import Graph
+
+STREAM_CHUNK_BYTES = 64 << 20
+"""Most host bytes gathered per streamed chunk: large enough that one transfer feeds many
+steps, small enough that two chunks in flight stay cheap."""
+MAX_STREAM_CHUNK = 64
+
+
+def choose_loop(graph: Graph, requested: str, backend: str | None = None) -> str:
+    """'fused' (a compiled loop over many steps) or 'step' (one call per step)."""
+    if requested != "auto":
+        return requested
+    backend = backend or jax.default_backend()
+    slow = [n.name for n in graph.nodes if getattr(n.layer, "slow_in_cpu_loops", False)]
+    return "step" if backend == "cpu" and slow else "fused"
+
+
+def device_budget() -> int:
+    """Bytes of the training set that may live on each device: half its memory, or a quarter
+    of the host's RAM where the device does not say (the CPU)."""
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # backends without memory statistics raise or return None
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) // 2
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+
+
+def nbytes(arrays: dict[str, np.ndarray]) -> int:
+    return int(sum(np.asarray(a).nbytes for a in arrays.values()))
+
+
+def choose_pipeline(requested: str, data_bytes: int, budget: int | None = None) -> str:
+    """'device' (the whole training set on the device) or 'stream' (batches from the host)."""
+    if requested != "auto":
+        return requested
+    return "device" if data_bytes <= (device_budget() if budget is None else budget) else "stream"
+
+
+def stream_chunk(steps: int, batch: int, sample_bytes: int) -> int:
+    """Steps per streamed chunk: as many as fit STREAM_CHUNK_BYTES, at most MAX_STREAM_CHUNK."""
+    fit = STREAM_CHUNK_BYTES // max(batch * sample_bytes, 1)
+    return int(max(1, min(steps, MAX_STREAM_CHUNK, fit)))
+
+
+def gather_chunk(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """arrays[rows] for a (K, B) block of row indices: each array becomes (K, B, ...)."""
+    return {k: np.take(v, rows, axis=0) for k, v in arrays.items()}
+
+
+class Prefetch:
+    """Gathers and transfers streamed chunks on a background thread, `depth` ahead of the
+    train step, so the device does not wait on Python's indexing or the copy.
+
+    Iterating yields `(start, x, y)` for chunk starts `starts`, in order; `close()` (or leaving
+    the `with` block) stops the thread early. An exception in the thread re-raises here.
+    """
+
+    def __init__(self, x: dict[str, np.ndarray], y: dict[str, np.ndarray], rows: np.ndarray,
+                 starts: list[int], size: int, sharding: Any, depth: int = 2):
+        self._x, self._y, self._rows, self._size = x, y, rows, size
+        self._starts, self._sharding = starts, sharding
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="nnspec-prefetch", daemon=True)
+        self._thread.start()
+
+    def _chunk(self, start: int) -> tuple[Any, Any]:
+        rows = self._rows[start:start + self._size]
+        if len(rows) < self._size:  # the epoch's last chunk: pad with copies (their mask is 0)
+            rows = np.concatenate([rows, np.repeat(rows[:1], self._size - len(rows), 0)])
+        return (jax.device_put(gather_chunk(self._x, rows), self._sharding),
+                jax.device_put(gather_chunk(self._y, rows), self._sharding))
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for start in self._starts:
+                if not self._put((start, *self._chunk(start))):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[tuple[int, Any, Any]]:
+        for _ in self._starts:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
