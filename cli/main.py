@@ -10,10 +10,12 @@ line each on stderr (`file:line:col: message` for specs), never a traceback unle
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from nnspec import __version__
 
@@ -42,13 +44,63 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _join_processes(args: argparse.Namespace) -> bool | None:
+    """Join a multi-process run when asked: None for a run of one process, else whether this
+    is the process that reports (process 0)."""
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(v is None for v in explicit):
+        return None
+    if not args.distributed and any(v is None for v in explicit):
+        raise UsageError("--coordinator, --num-processes and --process-id go together (or use "
+                        f"--distributed); received: coordinator={args.coordinator}, "
+                        f"num_processes={args.num_processes}, process_id={args.process_id}")
+    if args.num_processes is not None and not 0 <= (args.process_id or 0) < args.num_processes:
+        raise UsageError(f"--process-id must be in [0, {args.num_processes}). Received: "
+                        f"process_id={args.process_id}")
+    from nnspec.compiler.distributed import initialize, is_primary
+
+    try:
+        initialize(args.coordinator, args.num_processes, args.process_id)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"could not join the other processes: {err}") from None
+    return is_primary()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from nnspec.compiler.graph import check_spec
 
     loaded, _ = check_spec(args.spec, args.set)  # every spec error before JAX is imported
     out = args.out or os.path.join("runs", loaded.spec.name)
+    primary = _join_processes(args)
     from nnspec.compiler.run import train_run
 
+    if primary is None:
+        return _train(args, loaded, out, train_run)
+    with _stdout_to_stderr():  # gloo (CPU collectives) prints its handshakes on stdout
+        if not primary:  # the other processes train in silence; process 0 reports
+            train_run(loaded, out, lambda s: None, resume=args.resume)
+            return EXIT_OK
+        result = train_run(loaded, out, lambda s: None if args.quiet else print(
+            s, file=sys.stderr, flush=True), resume=args.resume)
+    return _report(out, result)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what native code writes on file descriptor 1 to stderr, so stdout keeps only the
+    JSON report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _train(args: argparse.Namespace, loaded: Any, out: str, train_run: Any) -> int:
     if args.quiet:
         result = train_run(loaded, out, lambda s: None, resume=args.resume)
     elif sys.stderr.isatty():
@@ -57,6 +109,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:  # logs and CI: one plain line per epoch, no bar
         result = train_run(loaded, out, lambda s: print(s, file=sys.stderr, flush=True),
                            resume=args.resume)
+    return _report(out, result)
+
+
+def _report(out: str, result: Any) -> int:
     summary = {split: m for split, m in result.metrics.items() if split != "training"}
     print(json.dumps({"out": out, "metrics": summary,
                       "samples_per_second": round(result.metrics["training"]
@@ -195,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in DIR/checkpoints")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    group = p.add_argument_group(
+        "several processes (multi-host)", "Run the same command once per process; together "
+        "they train one data-parallel model over all their devices. Process 0 writes DIR.")
+    group.add_argument("--distributed", action="store_true",
+                       help="join the processes the cluster's environment describes (SLURM, "
+                       "Open MPI, Kubernetes, Cloud TPU)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0, which every process connects to")
+    group.add_argument("--num-processes", type=int, metavar="N", help="how many processes")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process: 0..N-1")
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("summary", help="table of layers, shapes, parameters, multiply-adds",

@@ -99,6 +99,10 @@ class _StopFlag:
         return self.raised
 
 
+def _ignore(*args: Any) -> None:
+    return None
+
+
 def _prepare(loaded: LoadedSpec) -> tuple[Graph, Any, Dataset]:
     spec = loaded.spec
     for section in ("data", "train"):
@@ -148,19 +152,22 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
     import jax
 
     from nnspec.compiler.checkpoint import Checkpoints
+    from nnspec.compiler.distributed import barrier, is_primary
     from nnspec.compiler.onnx_export import check_shapes, to_onnx
     from nnspec.compiler.parity import cross_check
     from nnspec.compiler.records import EpochRecords
     from nnspec.compiler.train import Trainer
     from nnspec.compiler.transfer import WEIGHTS, load_initial, save_weights
 
+    primary = is_primary()  # with several processes, process 0 alone writes the run directory
     os.makedirs(out_dir, exist_ok=True)
     with open(loaded.file, "rb") as fh:
         source = fh.read()
     resolved = resolved_spec(loaded, graph)
-    write_bytes(os.path.join(out_dir, "spec.yaml"), source)
-    write_text(os.path.join(out_dir, "resolved_spec.yaml"), yaml.safe_dump(resolved,
-                                                                           sort_keys=False))
+    if primary:
+        write_bytes(os.path.join(out_dir, "spec.yaml"), source)
+        write_text(os.path.join(out_dir, "resolved_spec.yaml"),
+                   yaml.safe_dump(resolved, sort_keys=False))
     trainer = Trainer(graph, spec.train, heads, len(data.train))
     initial = None
     if spec.train.init_from:
@@ -168,24 +175,23 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         origin = origin if os.path.isabs(origin) else os.path.join(loaded.folder, origin)
         initial = load_initial(origin, trainer.init(data.train.x), log)
     folder = os.path.join(out_dir, "checkpoints")
-    if not resume and os.path.isdir(folder):
+    if primary and not resume and os.path.isdir(folder):
         # A fresh run into an old run directory: the old checkpoints belong to another run.
         import shutil
 
         shutil.rmtree(folder)
+    barrier("nnspec-checkpoints")  # no process opens them before process 0 has cleared them
     checkpoints = Checkpoints(folder, spec.train.checkpoint.keep)
-    records = EpochRecords(out_dir)
+    records = EpochRecords(out_dir) if primary else None
     try:
         with _StopFlag() as stop:
-            result = trainer.fit(data, log, on_epoch=records.add, checkpoints=checkpoints,
-                                 resume=resume, stop=stop, initial=initial,
-                                 on_resume=records.reset, progress=progress)
+            result = trainer.fit(data, log, on_epoch=records.add if records else _ignore,
+                                 checkpoints=checkpoints, resume=resume, stop=stop,
+                                 initial=initial, on_resume=records.reset if records else
+                                 _ignore, progress=progress)
     finally:
         checkpoints.close()
     result.targets = {name: split.y for name, split in data.splits().items()}
-    save_weights(os.path.join(out_dir, WEIGHTS), result.variables)
-    _plots(out_dir, graph, loaded, result, heads)
-
     metrics = {**result.metrics, "training": {
         "samples_per_second": result.samples_per_second,
         "compile_seconds": result.compile_seconds,
@@ -198,7 +204,12 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         "devices": jax.device_count(),
         "loop": trainer.loop,
         "pipeline": trainer.pipeline,
+        "processes": jax.process_count(),
     }}
+    if not primary:
+        return RunResult(out_dir, metrics, {})
+    save_weights(os.path.join(out_dir, WEIGHTS), result.variables)
+    _plots(out_dir, graph, loaded, result, heads)
     write_json(os.path.join(out_dir, "metrics.json"), metrics)
 
     labels = {k: o.labels for k, o in (spec.outputs or {}).items() if o.labels}

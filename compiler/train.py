@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from nnspec.compiler.data.dataset import Dataset, Split
+from nnspec.compiler.distributed import agree, replicate, same
 from nnspec.compiler.flax_backend import TrainingModule
 from nnspec.compiler.graph import Graph
 from nnspec.compiler.losses import CLASSIFICATION, LOSSES
@@ -467,7 +468,7 @@ class Trainer:
                 on_resume(history)
                 log(f"resumed from {checkpoints.folder} at epoch {start_epoch}, batch "
                     f"{start_batch}")
-        carry = jax.device_put(carry, self.replicated)
+        carry = replicate(carry, self.replicated)
 
         def save(epoch: int, batch: int, sums: Any = None) -> None:
             if checkpoints is None:
@@ -512,14 +513,14 @@ class Trainer:
         train_seconds, stopped = 0.0, None
         for epoch in range(start_epoch, spec.epochs + 1):
             if unfreeze is not None and epoch > unfreeze:
-                carry = (*carry[:6], trainable_mask(carry[0], self.graph, frozen=False),
-                         carry[7])
+                carry = (*carry[:6], replicate(trainable_mask(carry[0], self.graph, frozen=False),
+                                               self.replicated), carry[7])
             order = np.random.default_rng([spec.seed, epoch]).permutation(n).astype(np.int32)
             rows = order[idx0]  # (steps, batch): the epoch's sample indices
             first = start_batch if epoch == start_epoch else 0
             sums = zeros() if not (partial and epoch == start_epoch) else jnp.asarray(
                 [partial[k] for k in keys], jnp.float32)
-            carry = (*carry[:3], sums, *carry[4:])
+            carry = (*carry[:3], replicate(sums, self.replicated), *carry[4:])
             due = interrupted = False
             t0 = time.perf_counter()
             feed = None
@@ -549,7 +550,9 @@ class Trainer:
                             carry = fn(carry, np.int32(s_), idx, mask, xs, ys)
                     running, bad = jax.device_get((carry[3], carry[4]))  # waits for the chunk
                     took = time.perf_counter() - tick
-                    span = max(1, min(steps, round((end - b) * CHUNK_SECONDS / max(took, 1e-6))))
+                    # Every process must run the same chunks: each is one collective program.
+                    span = same(max(1, min(steps, round((end - b) * CHUNK_SECONDS
+                                                        / max(took, 1e-6)))))
                     step_no += end - b
                     b = end
                     if int(bad) != _NO_STEP:
@@ -564,7 +567,7 @@ class Trainer:
                                   "steps": steps, "loss": run["loss"] / seen,
                                   "samples_per_second": (b - first) * size / max(
                                       time.perf_counter() - t0, 1e-9)})
-                    if stop():
+                    if agree(stop()):  # every process stops at the same step, or none
                         interrupted = True
                         if b == steps:
                             break  # the epoch is whole: record it, then save and stop
@@ -602,7 +605,7 @@ class Trainer:
                     plateau.wait > plateau_spec.patience):
                 floor = plateau_spec.min_learning_rate / spec.optimizer.learning_rate
                 scale = max(float(carry[5]) * plateau_spec.factor, floor)
-                carry = (*carry[:5], jnp.float32(scale), *carry[6:])
+                carry = (*carry[:5], replicate(np.float32(scale), self.replicated), *carry[6:])
                 plateau.wait = 0
                 log(f"reduce_on_plateau: learning rate x{scale:g}")
             history.append(row)
