@@ -4,18 +4,7 @@
 # trains the examples on the GPU, cross-checks each export against onnxruntime on the CPU,
 # and runs the registry's layer parity tests with JAX on the GPU.
 set -uo pipefail
-OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-fi
-# The package without installing it: the mapped layout, assembled as the wheel would be.
-rm -rf /tmp/shim && mkdir -p /tmp/shim/nnspec
-cp cli/*.py /tmp/shim/nnspec/
-for d in spec compiler runtime; do ln -s "$PWD/$d" "/tmp/shim/nnspec/$d"; done
-ln -s "$PWD/cli/commands" /tmp/shim/nnspec/commands
-export PYTHONPATH=/tmp/site:/tmp/shim PYTHONUNBUFFERED=1
+source "$(dirname "$0")/_gpu_env.sh"
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee "$OUT/log.txt"
 for spec in quickstart cnn lstm gru transformer; do
   /usr/bin/time -f "$spec wall %e s" python3 -m nnspec train "examples/$spec.yaml" \

@@ -21,7 +21,8 @@ from nnspec.compiler.graph import Graph
 
 STREAM_CHUNK_BYTES = 64 << 20
 """Most host bytes gathered per streamed chunk: large enough that one transfer feeds many
-steps, small enough that two chunks in flight stay cheap."""
+steps, small enough that the chunks alive at once (the one training, `depth` queued, one
+being gathered) stay cheap."""
 MAX_STREAM_CHUNK = 64
 
 
@@ -114,14 +115,25 @@ class Prefetch:
 
     def __iter__(self) -> Iterator[tuple[int, Any, Any]]:
         for _ in self._starts:
-            item = self._queue.get()
+            item = self._get()
             if isinstance(item, BaseException):
                 raise item
             yield item
 
+    def _get(self) -> Any:
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set() or not self._thread.is_alive():
+                    raise RuntimeError("the prefetch thread has stopped") from None
+
     def close(self) -> None:
+        """Stop the thread and drop the chunks it queued (their device buffers with them)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=30)
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     def __enter__(self) -> Prefetch:
         return self

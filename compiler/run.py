@@ -70,8 +70,9 @@ def parity_inputs(graph: Graph, data: Dataset, samples: int) -> dict[str, Any]:
 
 
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the training loop checks after every step, so the
-    run saves a checkpoint and exits cleanly instead of dying mid-write."""
+    """Turns SIGINT/SIGTERM into a flag the training loop checks after every chunk of steps
+    (about half a second), so the run saves a checkpoint and exits cleanly instead of dying
+    mid-write."""
 
     def __init__(self) -> None:
         self.raised = False

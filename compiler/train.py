@@ -32,7 +32,7 @@ from nnspec.spec.schema import LossSpec, TrainSpec
 from nnspec.spec.validate import LoadedSpec
 
 EVAL_BATCH = 1024
-FIRST_SPAN = 32
+FIRST_SPAN = 4
 """Steps in the first chunk of a run; later chunks are sized to take about CHUNK_SECONDS."""
 CHUNK_SECONDS = 0.5
 """How long one chunk of steps runs between looks at the host: progress, signals, the NaN
@@ -137,14 +137,17 @@ def _rows_like(arrays: dict[str, np.ndarray], lead: tuple[int, ...], sharding: A
             for k, v in arrays.items()}
 
 
-def _padded_batches(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices 0..n-1 in batches of `size`, the last one padded with weight-0 repeats, so that
-    every step has one shape and compiles once."""
+def _padded_batches(n: int, size: int, width: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices 0..n-1 in batches of `size`, each row `width` wide (default `size`): the extra
+    columns, and the rest of the last batch, are weight-0 repeats. So every step has one shape
+    and compiles once, and a batch padded to split evenly over devices holds the same samples
+    as on one device."""
+    width = width or size
     count = max(1, math.ceil(n / size))
-    idx = np.arange(count * size) % max(n, 1)
-    weight = (np.arange(count * size) < n).astype(np.float32)
-    return idx.reshape(count, size).astype(np.int32), weight.reshape(count, size)
-
+    real = np.arange(count)[:, None] * size + np.arange(width)[None, :]
+    weight = ((np.arange(width)[None, :] < size) & (real < n)).astype(np.float32)
+    return (real % max(n, 1)).astype(np.int32), weight
 
 def _map_leaves(tree: Any, fn: Callable[[tuple, Any], Any], path: tuple = ()) -> Any:
     if isinstance(tree, dict):
@@ -216,7 +219,8 @@ class Trainer:
         self.devices = jax.devices()
         n_dev = len(self.devices)
         size = min(train.batch_size, max(n_train, 1))
-        self.batch = math.ceil(size / n_dev) * n_dev  # padded (weight 0) to split evenly
+        self.size = size  # samples a step
+        self.batch = math.ceil(size / n_dev) * n_dev  # its width, padded to split evenly
         self.steps_per_epoch = max(1, math.ceil(n_train / size))
         self.tx, self.schedule = make_optimizer(train.optimizer, self.steps_per_epoch,
                                                 train.epochs)
@@ -450,7 +454,7 @@ class Trainer:
             plateau_spec.name == "reduce_on_plateau") else None
         best_vars = None
         history: list[dict[str, float]] = []
-        start_epoch, start_batch, partial = 1, 0, None
+        start_epoch, start_batch, partial, stopped = 1, 0, None, None
         if resume and checkpoints is not None:
             template = {"carry": carry, "best": {"params": params, **state}}
             found = checkpoints.latest(template)
@@ -461,6 +465,9 @@ class Trainer:
                 history = record["history"]
                 start_epoch, start_batch = record["epoch"], record["batch"]
                 partial = record.get("partial")
+                stopped = record.get("stopped")
+                if stopped:  # early stopping had ended the run: nothing is left to train
+                    start_epoch = spec.epochs + 1
                 if watch and record.get("watch"):
                     watch = _Watch(watch.mode, watch.min_delta, **record["watch"])
                 if plateau and record.get("plateau"):
@@ -477,13 +484,14 @@ class Trainer:
                 zip(keys, jax.device_get(sums).tolist()))
             record = {"epoch": epoch, "batch": batch, "history": history,
                       "has_best": best_vars is not None, "partial": partial_sums,
+                      "stopped": stopped,
                       "watch": watch.record() if watch else None,
                       "plateau": plateau.record() if plateau else None}
             tree = {"carry": carry, "best": best_vars if best_vars is not None else
                     {"params": carry[0], **carry[1]}}
             checkpoints.save(int(carry[7]), tree, record)
 
-        idx0, w0 = _padded_batches(n, size)
+        idx0, w0 = _padded_batches(n, self.size, size)
         steps = len(idx0)
         rows_sharding = jax.sharding.NamedSharding(self.mesh,
                                                    jax.sharding.PartitionSpec(None, "data"))
@@ -510,7 +518,7 @@ class Trainer:
         every = spec.checkpoint.every_steps
         step_no = int(carry[7])  # the global step, mirrored on the host
         span = min(steps, FIRST_SPAN)
-        train_seconds, stopped = 0.0, None
+        train_seconds, trained_steps = 0.0, 0
         for epoch in range(start_epoch, spec.epochs + 1):
             if unfreeze is not None and epoch > unfreeze:
                 carry = (*carry[:6], replicate(trainable_mask(carry[0], self.graph, frozen=False),
@@ -554,6 +562,7 @@ class Trainer:
                     span = same(max(1, min(steps, round((end - b) * CHUNK_SECONDS
                                                         / max(took, 1e-6)))))
                     step_no += end - b
+                    trained_steps += end - b
                     b = end
                     if int(bad) != _NO_STEP:
                         raise NonFiniteError(
@@ -618,7 +627,7 @@ class Trainer:
             if (epoch % spec.checkpoint.every_epochs == 0 or epoch == spec.epochs or stopped
                     or due or interrupted):
                 save(epoch + 1, 0)
-            if interrupted:
+            if interrupted and not stopped and epoch < spec.epochs:
                 raise self._interrupted(epoch, step_no, checkpoints)
             if stopped:
                 break
@@ -631,11 +640,12 @@ class Trainer:
             metrics[name], predictions[name] = self.evaluate(final, split, evaluate, keep=True)
         return TrainResult(
             variables=jax.device_get(final), history=history, metrics=metrics,
-            samples_per_second=(n * (len(history) - (start_epoch - 1)) / train_seconds
+            samples_per_second=(n * trained_steps / steps / train_seconds
                                 if train_seconds else 0.0),
             compile_seconds=compile_seconds, train_seconds=train_seconds,
             steps=int(carry[7]), predictions=predictions, stopped_early=stopped,
             best_epoch=watch.best_epoch if watch else None)
+
 
 def _epoch_line(row: dict[str, float], epochs: int, rate: float) -> str:
     parts = [f"epoch {int(row['epoch'])}/{epochs}"]

@@ -187,3 +187,43 @@ def test_prefetch_reraises_errors_and_stops_early():
     next(iter(feed))
     feed.close()  # the thread, blocked on a full queue, notices and ends
     assert not any(t.name == "nnspec-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def _stop_after(when):
+    """A `stop` poll that answers yes once, right after the progress report `when` accepts."""
+    last, fired = {}, []
+
+    def stop():
+        if not fired and last and when(last):
+            fired.append(last.copy())
+            return True
+        return False
+
+    return last.update, stop, fired
+
+
+def test_a_signal_in_the_epoch_that_stops_early_ends_the_run(tmp_path):
+    # min_delta 100: no epoch ever improves enough, so early stopping ends epoch 2.
+    early = "train.early_stopping={monitor: loss, patience: 0, min_delta: 100}"
+    _, whole = fit(tmp_path, MLP, early, name="whole")
+    assert whole.stopped_early == 2
+    progress, stop, fired = _stop_after(lambda p: p["epoch"] == 2 and p["step"] == p["steps"])
+    store = Checkpoints(str(tmp_path / "ckpt"), keep=2)
+    _, signalled = fit(tmp_path, MLP, early, name="signalled", checkpoints=store, stop=stop,
+                       progress=progress)  # returns: the run was over anyway
+    store.close()
+    assert fired and signalled.stopped_early == 2
+    store = Checkpoints(str(tmp_path / "ckpt"), keep=2)
+    _, resumed = fit(tmp_path, MLP, early, name="resumed", checkpoints=store, resume=True)
+    store.close()
+    assert resumed.steps == whole.steps and len(resumed.history) == 2  # nothing more trained
+    assert_same(resumed, whole)
+
+
+def test_a_signal_after_the_last_step_still_finishes(tmp_path, reference):
+    progress, stop, fired = _stop_after(lambda p: p["epoch"] == p["epochs"]
+                                        and p["step"] == p["steps"])
+    _, result = fit(tmp_path, MLP, "train.loop=step", "train.pipeline=device", stop=stop,
+                    progress=progress)
+    assert fired and len(result.history) == 6
+    assert_same(result, reference[1])
