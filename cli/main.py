@@ -202,8 +202,9 @@ class _Progress:
 
     def step(self, info: dict) -> None:
         """Within an epoch: the step, the running loss and the speed."""
+        running = "  ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items())
         self.progress.update(self.task, completed=info["epoch"] - 1, description=(
-            f"step {info['step']}/{info['steps']}  loss {info['loss']:.4f}  "
+            f"step {info['step']}/{info['steps']}  {running}  "
             f"{info['samples_per_second']:,.0f} samples/s"))
 
     def __call__(self, line: str) -> None:

@@ -229,18 +229,9 @@ class Trainer:
         self.single = len(heads) == 1
         self.compute_dtype = jnp.bfloat16 if train.precision == "bfloat16" else jnp.float32
         self.mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
-        self.sharded = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.loop = choose_loop(graph, train.loop)
         self.pipeline = train.pipeline  # 'auto' is settled by `fit`, which sees the data
-
-    def _batch(self, idx: np.ndarray, mask: np.ndarray) -> tuple[Any, Any]:
-        """A step's indices and mask: sharded over the devices when there are several (data
-        parallelism), else plain numpy, which jit transfers faster than an explicit
-        device_put (benchmarks/profile_trainer.py)."""
-        if len(self.devices) == 1:
-            return idx, mask
-        return jax.device_put(idx, self.sharded), jax.device_put(mask, self.sharded)
 
     def init(self, x: dict[str, np.ndarray]) -> dict[str, Any]:
         """Initial variables from the seed (only the sample shapes of `x` matter)."""
@@ -300,6 +291,10 @@ class Trainer:
         augments = self.spec.augment
         image_inputs = [n for n, s in self.graph.inputs.items() if len(s.shape) == 3]
         classes = {h.output: self.graph.output_node(h.output).shape[-1] for h in self.heads}
+        # Multiplying by masks of ones and a scale of one changes no bit but costs a kernel per
+        # parameter on small models: skip them when nothing is frozen or rescaled.
+        masked = any(not n.trainable for n in self.graph.nodes)
+        scaled = self.spec.optimizer.schedule.name == "reduce_on_plateau"
 
         def body(carry, x, y, mask):
             params, state, opt_state, sums, bad, lr_scale, frozen, step_no = carry
@@ -322,12 +317,14 @@ class Trainer:
 
             (total, (batch, new_state)), grads = jax.value_and_grad(
                 objective, has_aux=True)(params)
-            grads = jax.tree.map(jnp.multiply, grads, frozen)
+            if masked:
+                grads = jax.tree.map(jnp.multiply, grads, frozen)
             updates, opt_state = self.tx.update(grads, opt_state, params)
-            updates = jax.tree.map(lambda u, f: u * f * lr_scale, updates, frozen)
+            if masked or scaled:
+                updates = jax.tree.map(lambda u, f: u * f * lr_scale, updates, frozen)
             params = optax.apply_updates(params, updates)
             # One vector of sums, not a dict: one small kernel per step instead of one per
-            # metric (a 2x difference on small models; benchmarks/profile_trainer.py).
+            # metric (a 2x difference on small models; benchmarks/README.md).
             sums = sums + jnp.stack([batch[k] for k in sorted(batch)])
             bad = jnp.where(jnp.isfinite(total), bad, jnp.minimum(bad, step_no))
             return (params, {**state, **new_state}, opt_state, sums, bad, lr_scale, frozen,
@@ -413,7 +410,8 @@ class Trainer:
         """Train; return the final (or best) variables, history, metrics and predictions.
 
         `log` receives a line per epoch; `progress`, when given, a dict after each chunk of
-        steps (epoch, step, steps, running loss, samples/s); `stop` is polled between chunks.
+        steps (epoch, epochs, step, steps, samples_per_second, and `metrics`: the epoch's
+        running loss and on-device metrics); `stop` is polled between chunks.
         """
         for head in self.heads:
             _check_targets(self.graph, head, data.train.y[head.output])
@@ -573,9 +571,9 @@ class Trainer:
                         run = dict(zip(keys, running.tolist()))
                         seen = max(run.pop("count"), 1.0)
                         progress({"epoch": epoch, "epochs": spec.epochs, "step": b,
-                                  "steps": steps, "loss": run["loss"] / seen,
-                                  "samples_per_second": (b - first) * size / max(
-                                      time.perf_counter() - t0, 1e-9)})
+                                  "steps": steps, "samples_per_second": (b - first) * size / max(
+                                      time.perf_counter() - t0, 1e-9),
+                                  "metrics": {k: v / seen for k, v in run.items()}})
                     if agree(stop()):  # every process stops at the same step, or none
                         interrupted = True
                         if b == steps:

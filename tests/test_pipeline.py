@@ -104,7 +104,8 @@ def test_chunk_boundaries_do_not_change_the_numbers(tmp_path, reference, monkeyp
     assert_same(result, reference[1])
     steps = seen[0]["steps"]
     assert [p["step"] for p in seen if p["epoch"] == 1] == list(range(1, steps + 1))
-    assert all(p["loss"] > 0 and p["samples_per_second"] > 0 for p in seen)
+    assert all(p["metrics"]["loss"] > 0 and 0 <= p["metrics"]["accuracy"] <= 1
+               and p["samples_per_second"] > 0 for p in seen)
 
 
 def test_convolutions_stream_and_fuse_to_the_same_weights(tmp_path):
