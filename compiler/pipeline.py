@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,6 +87,8 @@ class Prefetch:
         self._starts, self._sharding = starts, sharding
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self.waited = 0.0
+        """Seconds the consumer spent waiting for a chunk: the device idle on the input."""
         self._thread = threading.Thread(target=self._work, name="nnspec-prefetch", daemon=True)
         self._thread.start()
 
@@ -121,6 +124,13 @@ class Prefetch:
             yield item
 
     def _get(self) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._wait()
+        finally:
+            self.waited += time.perf_counter() - started
+
+    def _wait(self) -> Any:
         while True:
             try:
                 return self._queue.get(timeout=0.1)

@@ -205,6 +205,10 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         "devices": jax.device_count(),
         "loop": trainer.loop,
         "pipeline": trainer.pipeline,
+        "input_wait_seconds": result.input_wait_seconds,
+        # The environment that shapes CPU speed and numerics (nnspec/_cpu.py sets both).
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "processes": jax.process_count(),
     }}
     if not primary:

@@ -64,6 +64,8 @@ class TrainResult:
     targets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     stopped_early: int | None = None
     best_epoch: int | None = None
+    input_wait_seconds: float = 0.0
+    """Time the step waited for streamed batches (0 with the data on the device)."""
 
 
 @dataclass(frozen=True)
@@ -516,7 +518,7 @@ class Trainer:
         every = spec.checkpoint.every_steps
         step_no = int(carry[7])  # the global step, mirrored on the host
         span = min(steps, FIRST_SPAN)
-        train_seconds, trained_steps = 0.0, 0
+        train_seconds, trained_steps, input_wait = 0.0, 0, 0.0
         for epoch in range(start_epoch, spec.epochs + 1):
             if unfreeze is not None and epoch > unfreeze:
                 carry = (*carry[:6], replicate(trainable_mask(carry[0], self.graph, frozen=False),
@@ -588,6 +590,7 @@ class Trainer:
             finally:
                 if feed is not None:
                     feed.close()
+                    input_wait += feed.waited
             host = dict(zip(keys, jax.device_get(carry[3]).tolist()))
             elapsed = time.perf_counter() - t0
             train_seconds += elapsed
@@ -642,7 +645,7 @@ class Trainer:
                                 if train_seconds else 0.0),
             compile_seconds=compile_seconds, train_seconds=train_seconds,
             steps=int(carry[7]), predictions=predictions, stopped_early=stopped,
-            best_epoch=watch.best_epoch if watch else None)
+            best_epoch=watch.best_epoch if watch else None, input_wait_seconds=input_wait)
 
 
 def _epoch_line(row: dict[str, float], epochs: int, rate: float) -> str:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, ROOT, SMALL
 
 from nnspec.main import build_parser, main
 
@@ -75,3 +80,41 @@ def test_progress_bar_shows_the_step_running_metrics_and_speed():
         assert task.description == "step 5/11  loss 0.2500  accuracy 0.5000  1,234 samples/s"
         bar("epoch 2/3  loss 0.2000  accuracy 0.9000  learning_rate 0.0010  900 samples/s")
         assert task.completed == 2 and task.description.startswith("loss 0.2000")
+
+
+def test_cpu_flag_is_added_only_when_jaxlib_knows_it_and_the_user_did_not_set_it(monkeypatch):
+    from nnspec import _cpu
+
+    assert not _cpu.jaxlib_knows("--xla_no_such_flag_in_any_jaxlib_42=")
+    assert _cpu.jaxlib_knows("--xla_dump_to=")  # a flag every jaxlib has had
+    monkeypatch.delenv(_cpu.OPT_OUT, raising=False)
+    assert _cpu.xla_flags("--xla_cpu_experimental_ynn_fusion_type=+dot") is None  # the user's
+    monkeypatch.setattr(_cpu, "jaxlib_knows", lambda flag: False)
+    assert _cpu.xla_flags("--xla_force_host_platform_device_count=2") is None
+    monkeypatch.setattr(_cpu, "jaxlib_knows", lambda flag: True)
+    assert _cpu.xla_flags("--a=1") == "--a=1 " + _cpu.YNN_FLAG
+    monkeypatch.setenv(_cpu.OPT_OUT, "0")
+    assert _cpu.xla_flags("") is None
+
+
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_train_runs_with_the_cpu_defaults_unless_turned_off(tmp_path, opt_out):
+    from nnspec import _cpu
+
+    small_spec = tmp_path / "small.yaml"
+    small_spec.write_text(SMALL)
+    env = {"GLIBC_TUNABLES": "", "XLA_FLAGS": ""}
+    env = {k: v for k, v in os.environ.items() if k not in env}
+    if opt_out:
+        env[_cpu.OPT_OUT] = "0"
+    result = subprocess.run([sys.executable, "-m", "nnspec", "train", str(small_spec), "--out",
+                             str(tmp_path / "run"), "-q"], capture_output=True, text=True,
+                            env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    training = json.loads((tmp_path / "run" / "metrics.json").read_text())["training"]
+    if opt_out:
+        assert (training["glibc_tunables"], training["xla_flags"]) == ("", "")
+    else:
+        assert training["glibc_tunables"] == _cpu.MALLOC_TUNABLES
+        assert training["xla_flags"] == (_cpu.YNN_FLAG if _cpu.jaxlib_knows(_cpu.YNN_FLAG)
+                                         else "")

@@ -88,6 +88,8 @@ def reference(tmp_path_factory):
 def test_every_route_trains_the_same_weights(tmp_path, reference, loop, route):
     trainer, result = fit(tmp_path, MLP, f"train.loop={loop}", f"train.pipeline={route}")
     assert (trainer.loop, trainer.pipeline) == (loop, route)
+    assert (result.input_wait_seconds > 0) == (route == "stream")  # the first chunk is waited
+    assert result.input_wait_seconds < result.train_seconds
     assert_same(result, reference[1])
     assert result.history[-1]["loss"] == reference[1].history[-1]["loss"]
     assert result.metrics["test"]["accuracy"] > 0.8
