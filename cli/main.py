@@ -62,7 +62,10 @@ def _join_processes(args: argparse.Namespace) -> bool | None:
     try:
         initialize(args.coordinator, args.num_processes, args.process_id)
     except (RuntimeError, ValueError) as err:
-        raise UsageError(f"could not join the other processes: {err}") from None
+        hint = (" (--distributed reads the address from a SLURM, Open MPI, Kubernetes or Cloud "
+                "TPU environment; elsewhere give --coordinator, --num-processes and "
+                "--process-id)") if args.distributed else ""
+        raise UsageError(f"could not join the other processes: {err}{hint}") from None
     return is_primary()
 
 

@@ -130,6 +130,7 @@ def jax_leaves(tree):
     (["--coordinator", "localhost:1"], "go together"),
     (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"],
      "--process-id must be in [0, 2). Received: process_id=2"),
+    (["--distributed"], "elsewhere give --coordinator, --num-processes and --process-id"),
 ])
 def test_incomplete_process_flags_are_usage_errors(tmp_path, args, message):
     result = run_cli("train", str(_spec(tmp_path, 1)), "--out", str(tmp_path / "x"), *args)
