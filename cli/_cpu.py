@@ -21,7 +21,6 @@ import mmap
 import os
 import platform
 import sys
-from collections.abc import Sequence
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296:"
@@ -69,8 +68,8 @@ def apply_xla_flags() -> None:
         os.environ["XLA_FLAGS"] = flags
 
 
-def restart_with_malloc_tunables(argv: Sequence[str]) -> None:
-    """Replace this process by `python -m nnspec ARGV` with glibc's malloc tunables set, once;
+def restart_with_malloc_tunables() -> None:
+    """Replace this process by the same command line with glibc's malloc tunables set, once;
     returns when they are set already, off, or not applicable (not glibc)."""
     if (not enabled() or "GLIBC_TUNABLES" in os.environ or os.environ.get(_RESTARTED)
             or not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc"):
@@ -79,6 +78,8 @@ def restart_with_malloc_tunables(argv: Sequence[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "nnspec", *argv], env)
+        # The interpreter's own command line: the console script or `python -m nnspec`, with
+        # any interpreter options, exactly as the user ran it.
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     except OSError:
         return  # carry on without them

@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nnspec import _cpu
 
         if args.verb == "train":
-            _cpu.restart_with_malloc_tunables(sys.argv[1:])
+            _cpu.restart_with_malloc_tunables()
         _cpu.apply_xla_flags()
     try:
         return args.func(args)
