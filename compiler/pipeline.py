@@ -8,11 +8,13 @@ and ends bit-identical to it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -66,6 +68,13 @@ def stream_chunk(steps: int, batch: int, sample_bytes: int) -> int:
     """Steps per streamed chunk: as many as fit STREAM_CHUNK_BYTES, at most MAX_STREAM_CHUNK."""
     fit = STREAM_CHUNK_BYTES // max(batch * sample_bytes, 1)
     return int(max(1, min(steps, MAX_STREAM_CHUNK, fit)))
+
+
+def abstract_rows(arrays: dict[str, Any], lead: tuple[int, ...], sharding: Any = None
+                  ) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract arrays with the sample shape of `arrays` behind the leading axes `lead`."""
+    return {k: jax.ShapeDtypeStruct((*lead, *v.shape[1:]), v.dtype, sharding=sharding)
+            for k, v in arrays.items()}
 
 
 def gather_chunk(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -150,3 +159,76 @@ class Prefetch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class Route:
+    """How one run's batches reach its compiled step: fused or not, streamed or not, and what
+    stays the same from epoch to epoch.
+
+    With the data on the device, `x` and `y` are the whole training set there, and each epoch
+    puts its (steps, batch) sample indices beside them. Streamed, `x` and `y` stay on the host
+    and `Prefetch` brings chunks of `chunk` steps. `mask` holds the sample weights, a row a step
+    (padded by a chunk of zeros when streamed, for the last chunk's spare rows).
+    """
+
+    fused: bool
+    stream: bool
+    steps: int
+    chunk: int
+    mask: np.ndarray
+    x: dict[str, Any]
+    y: dict[str, Any]
+    sharding: Any
+    """Of (steps, batch) arrays: the batch axis split over the devices."""
+    fn: Callable[..., Any] | None = None
+    """The compiled train call (`Trainer.train_step`), set once lowered."""
+    waited: float = 0.0
+    """Seconds the step waited for streamed chunks, over the run."""
+
+    def example_args(self, carry: Any) -> tuple[Any, ...]:
+        """Arguments to lower the train call with: real or abstract, in its signature."""
+        span = (np.int32(0), np.int32(1)) if self.fused else (np.int32(0),)
+        mask = jax.device_put(self.mask[:self.chunk], self.sharding)
+        if not self.stream:
+            idx = jax.ShapeDtypeStruct((self.steps, self.mask.shape[1]), np.int32,
+                                       sharding=self.sharding)
+            return (carry, *span, idx, mask, self.x, self.y)
+        lead = (self.chunk, self.mask.shape[1])
+        return (carry, *span, None, mask, abstract_rows(self.x, lead, self.sharding),
+                abstract_rows(self.y, lead, self.sharding))
+
+    @contextlib.contextmanager
+    def epoch(self, rows: np.ndarray, first: int) -> Iterator[Callable[[int], tuple]]:
+        """For an epoch whose step b takes samples `rows[b]`, from step `first` on: a function
+        giving, for step b, `(base, idx, mask, xs, ys)`: the train call's data arguments and
+        the step its row 0 stands for."""
+        if not self.stream:
+            args = (0, jax.device_put(rows, self.sharding),
+                    jax.device_put(self.mask, self.sharding), self.x, self.y)
+            yield lambda b: args
+            return
+        starts = list(range(first - first % self.chunk, self.steps, self.chunk))
+        feed = Prefetch(self.x, self.y, rows, starts, self.chunk, self.sharding)
+        chunks, held = iter(feed), [(-self.chunk, None, None, None, None)]
+
+        def data(b: int) -> tuple:
+            if b >= held[0][0] + self.chunk:
+                base, xs, ys = next(chunks)
+                mask = jax.device_put(self.mask[base:base + self.chunk], self.sharding)
+                held[0] = (base, None, mask, xs, ys)
+            return held[0]
+
+        try:
+            yield data
+        finally:
+            feed.close()
+            self.waited += feed.waited
+
+    def run(self, carry: Any, b: int, end: int, base: int, *args: Any) -> Any:
+        """Steps b..end-1 (all within the data that `base` starts): one call, or one a step."""
+        if self.fused:
+            return self.fn(carry, np.int32(b - base), np.int32(end - base), *args)
+        for s in range(b - base, end - base):
+            carry = self.fn(carry, np.int32(s), *args)
+        return carry

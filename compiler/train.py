@@ -26,7 +26,14 @@ from nnspec.compiler.graph import Graph
 from nnspec.compiler.losses import CLASSIFICATION, LOSSES
 from nnspec.compiler.metrics import METRICS
 from nnspec.compiler.optimizers import make_optimizer
-from nnspec.compiler.pipeline import Prefetch, choose_loop, choose_pipeline, nbytes, stream_chunk
+from nnspec.compiler.pipeline import (
+    Route,
+    abstract_rows,
+    choose_loop,
+    choose_pipeline,
+    nbytes,
+    stream_chunk,
+)
 from nnspec.spec.errors import DataError, Problem, SpecError
 from nnspec.spec.schema import LossSpec, TrainSpec
 from nnspec.spec.validate import LoadedSpec
@@ -129,13 +136,6 @@ def _canonical(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays in the dtypes JAX will hold them in (float64 -> float32 without x64), so the
     host copy streamed in batches equals the one put on the device."""
     return {k: np.asarray(v, jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
-            for k, v in arrays.items()}
-
-
-def _rows_like(arrays: dict[str, np.ndarray], lead: tuple[int, ...], sharding: Any = None
-               ) -> dict[str, jax.ShapeDtypeStruct]:
-    """Abstract arrays with the sample shape of `arrays` behind the leading axes `lead`."""
-    return {k: jax.ShapeDtypeStruct((*lead, *v.shape[1:]), v.dtype, sharding=sharding)
             for k, v in arrays.items()}
 
 
@@ -397,6 +397,19 @@ class Trainer:
                 result.update({self._key(head, k): v for k, v in found.items()})
         return result, predictions if keep else {}
 
+    def _route(self, fused: bool, stream: bool, mask: np.ndarray, host_x: dict, host_y: dict,
+               x_all: Any, y_all: Any) -> Route:
+        """The run's route, before its train call is compiled; `mask` is (steps, width)."""
+        steps, width = mask.shape
+        sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, "data"))
+        if not stream:
+            return Route(fused, False, steps, steps, mask, x_all, y_all, sharding)
+        sample = sum(v[:1].nbytes for v in (*host_x.values(), *host_y.values()))
+        chunk = stream_chunk(steps, width, sample)
+        padded = np.zeros((steps + chunk, width), np.float32)  # the last chunk's spare rows: 0
+        padded[:steps] = mask
+        return Route(fused, True, steps, chunk, padded, host_x, host_y, sharding)
+
     @staticmethod
     def _interrupted(epoch: int, step: int, checkpoints: Any) -> Interrupted:
         where = checkpoints.folder if checkpoints else "nowhere (no checkpoints)"
@@ -436,7 +449,7 @@ class Trainer:
             y_all = jax.device_put(host_y, self.replicated)
         layout = jax.eval_shape(lambda x, y: self._objective(*self.module.apply(
             {"params": params, **state}, x), y, jnp.ones(size))[1],
-            _rows_like(host_x, (size,)), _rows_like(host_y, (size,)))
+            abstract_rows(host_x, (size,)), abstract_rows(host_y, (size,)))
         keys = sorted(layout)  # the order of the sums in the carry's vector
 
         def zeros() -> jax.Array:
@@ -492,33 +505,17 @@ class Trainer:
             checkpoints.save(int(carry[7]), tree, record)
 
         idx0, w0 = _padded_batches(n, self.size, size)
-        steps = len(idx0)
-        rows_sharding = jax.sharding.NamedSharding(self.mesh,
-                                                   jax.sharding.PartitionSpec(None, "data"))
-        chunk = steps
-        if stream:
-            sample_bytes = sum(v[:1].nbytes for v in (*host_x.values(), *host_y.values()))
-            chunk = stream_chunk(steps, size, sample_bytes)
-            xs0 = _rows_like(host_x, (chunk, size), rows_sharding)
-            ys0 = _rows_like(host_y, (chunk, size), rows_sharding)
-            idx_arg, mask_all = None, np.zeros((steps + chunk, size), np.float32)
-            mask_all[:steps] = w0
-        else:
-            xs0, ys0 = x_all, y_all
-            idx_arg = jax.device_put(idx0, rows_sharding)
-            mask_all = w0
-        mask0 = jax.device_put(mask_all[:chunk], rows_sharding)
-        fn = self.train_step(loop, stream)
+        route = self._route(loop == "fused", stream, w0, host_x, host_y, x_all, y_all)
         started = time.perf_counter()
-        span_args = (np.int32(0), np.int32(1)) if loop == "fused" else (np.int32(0),)
-        fn = fn.lower(carry, *span_args, idx_arg, mask0, xs0, ys0).compile()
+        route.fn = self.train_step(loop, stream).lower(*route.example_args(carry)).compile()
         evaluate = self.eval_step()
         compile_seconds = time.perf_counter() - started
 
         every = spec.checkpoint.every_steps
         step_no = int(carry[7])  # the global step, mirrored on the host
+        steps = route.steps
         span = min(steps, FIRST_SPAN)
-        train_seconds, trained_steps, input_wait = 0.0, 0, 0.0
+        train_seconds, trained_steps = 0.0, 0
         for epoch in range(start_epoch, spec.epochs + 1):
             if unfreeze is not None and epoch > unfreeze:
                 carry = (*carry[:6], replicate(trainable_mask(carry[0], self.graph, frozen=False),
@@ -531,31 +528,15 @@ class Trainer:
             carry = (*carry[:3], replicate(sums, self.replicated), *carry[4:])
             due = interrupted = False
             t0 = time.perf_counter()
-            feed = None
-            if stream:
-                feed = Prefetch(host_x, host_y, rows, list(range(first - first % chunk, steps,
-                                                               chunk)), chunk, rows_sharding)
-                chunks = iter(feed)
-                idx, mask, base, xs, ys = None, None, -chunk, None, None
-            else:
-                idx, mask, base, xs, ys = jax.device_put(rows, rows_sharding), mask0, 0, \
-                    x_all, y_all
-            try:
+            with route.epoch(rows, first) as feed:
                 b = first
                 while b < steps:
-                    if stream and b >= base + chunk:
-                        base, xs, ys = next(chunks)
-                        mask = jax.device_put(mask_all[base:base + chunk], rows_sharding)
-                    end = min(steps, b + span, base + chunk)
+                    base, *args = feed(b)
+                    end = min(steps, b + span, base + route.chunk)
                     if every:
                         end = min(end, b + every - step_no % every)
                     tick = time.perf_counter()
-                    if loop == "fused":
-                        carry = fn(carry, np.int32(b - base), np.int32(end - base), idx, mask,
-                                   xs, ys)
-                    else:
-                        for s_ in range(b - base, end - base):
-                            carry = fn(carry, np.int32(s_), idx, mask, xs, ys)
+                    carry = route.run(carry, b, end, base, *args)
                     running, bad = jax.device_get((carry[3], carry[4]))  # waits for the chunk
                     took = time.perf_counter() - tick
                     # Every process must run the same chunks: each is one collective program.
@@ -587,10 +568,6 @@ class Trainer:
                             save(epoch, b, carry[3])
                         else:
                             due = True  # saved below, once the epoch is recorded
-            finally:
-                if feed is not None:
-                    feed.close()
-                    input_wait += feed.waited
             host = dict(zip(keys, jax.device_get(carry[3]).tolist()))
             elapsed = time.perf_counter() - t0
             train_seconds += elapsed
@@ -645,7 +622,7 @@ class Trainer:
                                 if train_seconds else 0.0),
             compile_seconds=compile_seconds, train_seconds=train_seconds,
             steps=int(carry[7]), predictions=predictions, stopped_early=stopped,
-            best_epoch=watch.best_epoch if watch else None, input_wait_seconds=input_wait)
+            best_epoch=watch.best_epoch if watch else None, input_wait_seconds=route.waited)
 
 
 def _epoch_line(row: dict[str, float], epochs: int, rate: float) -> str:
