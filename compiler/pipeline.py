@@ -185,6 +185,7 @@ class Route:
     """The compiled train call (`Trainer.train_step`), set once lowered."""
     waited: float = 0.0
     """Seconds the step waited for streamed chunks, over the run."""
+    _device_mask: Any = None
 
     def example_args(self, carry: Any) -> tuple[Any, ...]:
         """Arguments to lower the train call with: real or abstract, in its signature."""
@@ -204,8 +205,9 @@ class Route:
         giving, for step b, `(base, idx, mask, xs, ys)`: the train call's data arguments and
         the step its row 0 stands for."""
         if not self.stream:
-            args = (0, jax.device_put(rows, self.sharding),
-                    jax.device_put(self.mask, self.sharding), self.x, self.y)
+            if self._device_mask is None:  # the same every epoch: put it there once
+                self._device_mask = jax.device_put(self.mask, self.sharding)
+            args = (0, jax.device_put(rows, self.sharding), self._device_mask, self.x, self.y)
             yield lambda b: args
             return
         starts = list(range(first - first % self.chunk, self.steps, self.chunk))
