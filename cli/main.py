@@ -337,11 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nnspec` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if argv is None:  # the command itself, not a caller inside Python: tune the CPU
+    if argv is None and args.verb == "train":  # the command itself, not a Python caller
         from nnspec import _cpu
 
-        if args.verb == "train":
-            _cpu.restart_with_malloc_tunables()
+        _cpu.restart_with_malloc_tunables()
         _cpu.apply_xla_flags()
     try:
         return args.func(args)

@@ -11,32 +11,12 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, SMALL, run_cli
 from flax import serialization
 
-SPEC = """\
-version: 1
-name: hosts
-inputs:
-  pixels: {shape: [8, 8], dtype: uint8}
-layers:
-  - {type: flatten}
-  - {type: rescale, scale: 0.0625}
-  - {type: dense, units: 32, activation: relu}
-  - {type: dropout, rate: 0.1}
-  - {type: dense, units: 10, activation: softmax}
-data: {source: digits, limit: 600}
-train:
-  epochs: EPOCHS
-  batch_size: 64
-  optimizer: {name: adam, learning_rate: 0.003}
-  loss: categorical_crossentropy
-  metrics: [accuracy]
-  seed: 2
-  checkpoint: {every_epochs: 1}
-"""
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
@@ -48,7 +28,8 @@ def _port() -> int:
 
 def _spec(tmp_path, epochs):
     path = tmp_path / f"hosts{epochs}.yaml"
-    path.write_text(SPEC.replace("EPOCHS", str(epochs)))
+    path.write_text(SMALL.replace("epochs: 3", f"epochs: {epochs}")
+                    + "  checkpoint: {every_epochs: 1}\n")
     return path
 
 
@@ -116,14 +97,9 @@ def test_a_signal_to_one_process_stops_both_and_they_resume(tmp_path):
     resumed = _launch(spec, run, "--resume")
     for rc, _, err in _finish(whole) + _finish(resumed):
         assert rc == 0, err
-    for x, y in zip(*(jax_leaves(_weights(r)) for r in (tmp_path / "whole", run)), strict=True):
+    for x, y in zip(*(jax.tree.leaves(_weights(r)) for r in (tmp_path / "whole", run)),
+                    strict=True):
         np.testing.assert_array_equal(x, y)
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
 
 
 @pytest.mark.parametrize("args, message", [
