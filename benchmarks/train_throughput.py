@@ -92,8 +92,8 @@ def hand_module(name: str, scale: float, pool: str) -> Any:
 
 def setup(name: str, epochs: int, pool: str) -> Setup:
     from nnspec.compiler.data.dataset import Dataset, make_dataset
-    from nnspec.compiler.graph import check_spec
-    from nnspec.compiler.train import resolve_heads
+    from nnspec.compiler.graph.ir import check_spec
+    from nnspec.compiler.train.heads import resolve_heads
 
     loaded, graph = check_spec(MODELS[name], [f"train.epochs={epochs}"])
     heads = resolve_heads(loaded, graph)
@@ -118,7 +118,7 @@ def check_same_network(s: Setup) -> dict[str, int]:
     import jax
     import numpy as np
 
-    from nnspec.compiler.train import Trainer
+    from nnspec.compiler.train.engine import Trainer
 
     trainer = Trainer(s.graph, s.loaded.spec.train, s.heads, len(s.data.train))
     ours = trainer.init(s.data.train.x)["params"]
@@ -210,7 +210,7 @@ def run_hand(s: Setup, epochs: int, warmup: int, gather: bool, cache: dict) -> l
 def run_nnspec(s: Setup, warmup: int) -> tuple[list[float], float, str]:
     """Seconds of each timed epoch of `Trainer.fit` (its history), its compile time and the
     route it took (train.loop/train.pipeline)."""
-    from nnspec.compiler.train import Trainer
+    from nnspec.compiler.train.engine import Trainer
 
     trainer = Trainer(s.graph, s.loaded.spec.train, s.heads, len(s.data.train))
     assert trainer.batch == s.batch and trainer.steps_per_epoch == s.steps, (
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _steps_per_epoch(name: str) -> int:
     from nnspec.compiler.data.dataset import make_dataset
-    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.graph.ir import check_spec
 
     loaded, graph = check_spec(MODELS[name])
     spec = loaded.spec

@@ -3,7 +3,7 @@
 Each repetition runs, interleaved, in new subprocesses:
 - `python -c pass` (the bare interpreter start),
 - `python -c "import nnspec.spec.validate"` (the spec package: YAML loader and pydantic schema)
-  and `python -c "import nnspec.compiler.graph"` (what `validate` imports to build the graph),
+  and `python -c "import nnspec.compiler.graph.ir"` (what `validate` imports to build the graph),
 - `nnspec validate SPEC` for every spec in examples/ (the console script installed beside this
   interpreter, else `python -m nnspec`).
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     baselines = {
         "python -c pass": [py, "-c", "pass"],
         "import nnspec.spec.validate": [py, "-c", "import nnspec.spec.validate"],
-        "import nnspec.compiler.graph": [py, "-c", "import nnspec.compiler.graph"],
+        "import nnspec.compiler.graph.ir": [py, "-c", "import nnspec.compiler.graph.ir"],
     }
     nnspec = nnspec_command()
     commands = {**baselines, **{str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p):

@@ -27,7 +27,7 @@ class UsageError(ValueError):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.graph.ir import check_spec
     from nnspec.spec.errors import SpecError
 
     problems = []
@@ -57,7 +57,7 @@ def _join_processes(args: argparse.Namespace) -> bool | None:
     if args.num_processes is not None and not 0 <= (args.process_id or 0) < args.num_processes:
         raise UsageError(f"--process-id must be in [0, {args.num_processes}). Received: "
                         f"process_id={args.process_id}")
-    from nnspec.compiler.distributed import initialize, is_primary
+    from nnspec.compiler.train.distributed import initialize, is_primary
 
     try:
         initialize(args.coordinator, args.num_processes, args.process_id)
@@ -70,7 +70,7 @@ def _join_processes(args: argparse.Namespace) -> bool | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.graph.ir import check_spec
 
     loaded, _ = check_spec(args.spec, args.set)  # every spec error before JAX is imported
     out = args.out or os.path.join("runs", loaded.spec.name)
@@ -128,8 +128,8 @@ def _report(out: str, result: Any) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from nnspec.compiler.graph import check_spec
-    from nnspec.compiler.summary import render, summarize
+    from nnspec.compiler.graph.ir import check_spec
+    from nnspec.compiler.graph.summary import render, summarize
 
     _, graph = check_spec(args.spec, args.set)
     Console(width=max(130, Console().width)).print(render(graph, summarize(graph)))
@@ -138,7 +138,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from nnspec._io import write_text
-    from nnspec.compiler.spec_schema import spec_schema
+    from nnspec.compiler.graph.schema import spec_schema
 
     text = json.dumps(spec_schema(), indent=2) + "\n"
     if args.out:
@@ -153,8 +153,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     import subprocess
 
     from nnspec._io import write_bytes, write_text
-    from nnspec.compiler.dot import to_dot
-    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.graph.ir import check_spec
+    from nnspec.compiler.graph.picture import to_dot
 
     _, graph = check_spec(args.spec, args.set)
     dot = to_dot(graph)
@@ -320,7 +320,7 @@ def _exit_code(err: BaseException) -> tuple[int, str]:
         return EXIT_BAD_INPUT, str(err)
     if isinstance(err, DataError | UsageError):
         return EXIT_BAD_INPUT, f"error: {err}"
-    train = sys.modules.get("nnspec.compiler.train")
+    train = sys.modules.get("nnspec.compiler.train.engine")
     if train and isinstance(err, train.NonFiniteError):
         return EXIT_NONFINITE, f"error: {err}"
     if train and isinstance(err, train.Interrupted):

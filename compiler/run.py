@@ -15,7 +15,7 @@ import yaml
 from nnspec import __version__
 from nnspec._io import write_bytes, write_json, write_text
 from nnspec.compiler.data.dataset import Dataset, make_dataset
-from nnspec.compiler.graph import Graph, build_graph
+from nnspec.compiler.graph.ir import Graph, build_graph
 from nnspec.spec.errors import SpecError
 from nnspec.spec.validate import LoadedSpec
 
@@ -111,7 +111,7 @@ def _prepare(loaded: LoadedSpec) -> tuple[Graph, Any, Dataset]:
             raise SpecError.at(loaded.doc.source.locate(()), f"`{section}` section is required "
                                "to train")
     graph = build_graph(loaded)
-    from nnspec.compiler.train import resolve_heads
+    from nnspec.compiler.train.heads import resolve_heads
 
     heads = resolve_heads(loaded, graph)
     data = make_dataset(spec.data, spec.inputs, list(graph.outputs), loaded.folder)
@@ -119,9 +119,9 @@ def _prepare(loaded: LoadedSpec) -> tuple[Graph, Any, Dataset]:
 
 
 def _plots(out_dir: str, graph: Graph, loaded: LoadedSpec, result: Any, heads: list) -> None:
-    from nnspec.compiler.evaluation import confusion_matrix
-    from nnspec.compiler.losses import CLASSIFICATION
-    from nnspec.compiler.plots import plot_confusion, plot_curves
+    from nnspec.compiler.train.evaluation import confusion_matrix
+    from nnspec.compiler.train.losses import CLASSIFICATION
+    from nnspec.compiler.train.plots import plot_confusion, plot_curves
 
     plot_curves(result.history, os.path.join(out_dir, "curves.png"))
     split = "test" if "test" in result.predictions else "validation"
@@ -152,13 +152,13 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
 
     import jax
 
-    from nnspec.compiler.checkpoint import Checkpoints
-    from nnspec.compiler.distributed import barrier, is_primary
-    from nnspec.compiler.onnx_export import check_shapes, to_onnx
-    from nnspec.compiler.parity import cross_check
-    from nnspec.compiler.records import EpochRecords
-    from nnspec.compiler.train import Trainer
-    from nnspec.compiler.transfer import WEIGHTS, load_initial, save_weights
+    from nnspec.compiler.export.onnx_graph import check_shapes, to_onnx
+    from nnspec.compiler.export.parity import cross_check
+    from nnspec.compiler.train.checkpoint import Checkpoints
+    from nnspec.compiler.train.distributed import barrier, is_primary
+    from nnspec.compiler.train.engine import Trainer
+    from nnspec.compiler.train.records import EpochRecords
+    from nnspec.compiler.train.transfer import WEIGHTS, load_initial, save_weights
 
     primary = is_primary()  # with several processes, process 0 alone writes the run directory
     os.makedirs(out_dir, exist_ok=True)
@@ -278,17 +278,17 @@ def _deliverables(out_dir: str, graph: Graph, data: Dataset, resolved: dict[str,
                   log: Callable[[str], None]) -> None:
     """What ships beside the model: the quantized copy the spec asks for (export.quantize),
     the golden bundle, the model card and SHA256SUMS (written last, over all of them)."""
-    from nnspec.compiler.model_card import (
+    from nnspec.compiler.export.model_card import (
         write_manifest,
         write_model_card,
         write_reference_bundle,
     )
-    from nnspec.compiler.summary import summarize
+    from nnspec.compiler.graph.summary import summarize
 
     report = None
     quantize = spec.export.quantize
     if quantize is not None:
-        from nnspec.compiler.quantize import quantize_and_gate
+        from nnspec.compiler.export.quantize import quantize_and_gate
 
         report = quantize_and_gate(os.path.join(out_dir, MODEL), quantize.method,
                                    quantize.max_drop, dataset=data,
@@ -303,7 +303,7 @@ def _deliverables(out_dir: str, graph: Graph, data: Dataset, resolved: dict[str,
                      sample_inputs=golden)
     write_manifest(out_dir)
     if report is not None and not report["passed"]:
-        from nnspec.compiler.quantize import GateError
+        from nnspec.compiler.export.quantize import GateError
 
         raise GateError(f"the {quantize.method} model loses {100 * report['drop']:.2f} points, "
                         f"more than export.quantize.max_drop {quantize.max_drop:g} allows; kept "

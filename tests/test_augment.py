@@ -1,4 +1,4 @@
-"""On-device data augmentation (`compiler/augment.py`): real transforms checked pixel by pixel."""
+"""On-device data augmentation (`compiler/train/augment.py`): real transforms, pixel by pixel."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nnspec.compiler.augment import augment, flip, image_like, shift
-from nnspec.compiler.augment import rotate as _rotate
+from nnspec.compiler.train.augment import augment, flip, image_like, shift
+from nnspec.compiler.train.augment import rotate as _rotate
 from nnspec.spec.schema import AugmentSpec
 
 B, H, W, C = 16, 7, 9, 3

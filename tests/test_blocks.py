@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nnspec.compiler.graph import check_spec
+from nnspec.compiler.graph.ir import check_spec
 from nnspec.spec.errors import SpecError
 
 SPEC = """\

@@ -53,14 +53,14 @@ def test_bad_overrides_are_located(capsys, override, message):
 
 
 def test_override_a_layer_by_name():
-    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.graph.ir import check_spec
 
     _, graph = check_spec(EXAMPLES / "quickstart.yaml", ["layers.fc1.units=32"])
     assert graph.node("fc1").shape == (32,)
 
 
 def test_typed_overrides(capsys):
-    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.graph.ir import check_spec
 
     loaded, graph = check_spec(EXAMPLES / "quickstart.yaml", [
         "train.optimizer.learning_rate=3e-4", "train.epochs=2", "layers.2.units=32"])

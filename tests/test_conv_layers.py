@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, run_cli
 
-from nnspec.compiler.flax_backend import GraphModule
-from nnspec.compiler.graph import check_spec
-from nnspec.compiler.layer_check import example_graph, sample_inputs
+from nnspec.compiler.export.layer_check import example_graph, sample_inputs
+from nnspec.compiler.export.onnx_graph import check_shapes, to_onnx
+from nnspec.compiler.export.parity import cross_check, flax_predict
+from nnspec.compiler.graph.ir import check_spec
 from nnspec.compiler.layers.base import discover
-from nnspec.compiler.onnx_export import check_shapes, to_onnx
-from nnspec.compiler.parity import cross_check, flax_predict
+from nnspec.compiler.train.module import GraphModule
 from nnspec.runtime.runners import RUNNERS, available
 from nnspec.spec.errors import SpecError
 

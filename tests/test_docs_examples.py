@@ -20,8 +20,8 @@ import pytest
 import yaml
 from conftest import EXAMPLES, ROOT, run_cli
 
+from nnspec.compiler.graph.reference import COMMAND, reference_markdown
 from nnspec.compiler.layers.base import discover
-from nnspec.compiler.spec_docs import COMMAND, reference_markdown
 
 REFERENCE = ROOT / "docs" / "spec-reference.md"
 TUTORIAL = ROOT / "docs" / "tutorial.md"
@@ -30,7 +30,7 @@ TUTORIAL = ROOT / "docs" / "tutorial.md"
 # -- the reference ---------------------------------------------------------------------------
 
 def test_shipped_reference_is_current():
-    generated = subprocess.run([sys.executable, "-m", "nnspec.compiler.spec_docs"],
+    generated = subprocess.run([sys.executable, "-m", "nnspec.compiler.graph.reference"],
                                capture_output=True, text=True, check=True).stdout
     assert generated == reference_markdown(), "the module's output differs from the function's"
     assert REFERENCE.read_text() == generated, f"regenerate with: {COMMAND}"

@@ -1,4 +1,4 @@
-"""compiler/evaluation.py against scikit-learn, and compiler/plots.py's PNG files."""
+"""compiler/train/evaluation.py against scikit-learn, and compiler/train/plots.py's PNG files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from nnspec.compiler import evaluation as ev
+from nnspec.compiler.train import evaluation as ev
 from nnspec.spec.schema import METRICS as SPEC_METRICS
 
 skm = pytest.importorskip("sklearn.metrics")
@@ -320,7 +320,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def plots():
     pytest.importorskip("matplotlib")
-    from nnspec.compiler import plots
+    from nnspec.compiler.train import plots
 
     return plots
 
@@ -440,7 +440,7 @@ def test_neither_module_imports_jax():
     import sys
 
     pytest.importorskip("matplotlib")
-    code = ("import sys\nimport nnspec.compiler.evaluation, nnspec.compiler.plots\n"
+    code = ("import sys\nimport nnspec.compiler.train.evaluation, nnspec.compiler.train.plots\n"
             "assert not any(m == 'jax' or m.startswith('jax.') for m in sys.modules)\n"
             "assert 'matplotlib.pyplot' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from nnspec.compiler.flax_backend import GraphModule
-from nnspec.compiler.layer_check import example_graph, run_example, sample_inputs
+from nnspec.compiler.export.layer_check import example_graph, run_example, sample_inputs
 from nnspec.compiler.layers.base import discover
+from nnspec.compiler.train.module import GraphModule
 from nnspec.runtime.runners import available
 
 REGISTRY = discover()
@@ -81,7 +81,7 @@ def test_one_optax_step_lowers_a_loss(layer, example):
 
 
 def test_an_operator_too_new_for_the_opset_is_refused_by_name():
-    from nnspec.compiler.onnx_builder import ExportError, OnnxBuilder
+    from nnspec.compiler.export.builder import ExportError, OnnxBuilder
 
     g = OnnxBuilder(opset=13, variables={})
     with g.scoped("norm1"), pytest.raises(ExportError, match=r"layer 'norm1' needs ONNX operator "

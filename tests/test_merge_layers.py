@@ -13,10 +13,10 @@ import onnx
 import pytest
 from conftest import EXAMPLES, run_cli
 
-from nnspec.compiler.flax_backend import GraphModule
-from nnspec.compiler.graph import check_spec
-from nnspec.compiler.layer_check import sample_inputs
-from nnspec.compiler.onnx_export import check_shapes, to_onnx
+from nnspec.compiler.export.layer_check import sample_inputs
+from nnspec.compiler.export.onnx_graph import check_shapes, to_onnx
+from nnspec.compiler.graph.ir import check_spec
+from nnspec.compiler.train.module import GraphModule
 from nnspec.runtime.runners import RUNNERS, available
 from nnspec.spec.errors import SpecError
 

@@ -18,11 +18,11 @@ import onnx
 import pytest
 from conftest import run_cli
 
-from nnspec.compiler.flax_backend import GraphModule
-from nnspec.compiler.graph import check_spec
-from nnspec.compiler.layer_check import example_graph
+from nnspec.compiler.export.layer_check import example_graph
+from nnspec.compiler.export.onnx_graph import to_onnx
+from nnspec.compiler.graph.ir import check_spec
 from nnspec.compiler.layers.base import Example, discover
-from nnspec.compiler.onnx_export import to_onnx
+from nnspec.compiler.train.module import GraphModule
 from nnspec.runtime.runners import RUNNERS
 from nnspec.spec.errors import SpecError
 

@@ -12,11 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from nnspec.compiler import pipeline, train
-from nnspec.compiler.checkpoint import Checkpoints
-from nnspec.compiler.graph import check_spec
+from nnspec.compiler.graph.ir import check_spec
 from nnspec.compiler.run import _prepare
-from nnspec.compiler.train import Interrupted, Trainer
+from nnspec.compiler.train import engine as train
+from nnspec.compiler.train import pipeline
+from nnspec.compiler.train.checkpoint import Checkpoints
+from nnspec.compiler.train.engine import Interrupted, Trainer
 
 MLP = """\
 version: 1

@@ -12,9 +12,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nnspec.compiler.flax_backend import GraphModule
-from nnspec.compiler.graph import check_spec
+from nnspec.compiler.graph.ir import check_spec
 from nnspec.compiler.layers.base import discover
+from nnspec.compiler.train.module import GraphModule
 from nnspec.main import main
 
 ACTIVATIONS = sorted(k for k, c in discover().items() if c.elementwise)

@@ -17,7 +17,7 @@ import pytest
 from conftest import EXAMPLES, run_cli
 
 from nnspec.compiler.data.dataset import load_digits
-from nnspec.compiler.quantize import (
+from nnspec.compiler.export.quantize import (
     default_output,
     evaluate_accuracy,
     gate,
@@ -255,9 +255,13 @@ def documented(small_run, tmp_path_factory):
     `train_run` writes them."""
     import yaml
 
-    from nnspec.compiler.graph import check_spec
-    from nnspec.compiler.model_card import write_manifest, write_model_card, write_reference_bundle
-    from nnspec.compiler.summary import summarize
+    from nnspec.compiler.export.model_card import (
+        write_manifest,
+        write_model_card,
+        write_reference_bundle,
+    )
+    from nnspec.compiler.graph.ir import check_spec
+    from nnspec.compiler.graph.summary import summarize
 
     source, spec_path = small_run
     run = _copy_run(source, tmp_path_factory.mktemp("card") / "run")

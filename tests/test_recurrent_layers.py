@@ -14,10 +14,10 @@ import onnx
 import pytest
 from conftest import EXAMPLES, run_cli
 
-from nnspec.compiler.flax_backend import GraphModule
-from nnspec.compiler.layer_check import example_graph, sample_inputs
+from nnspec.compiler.export.layer_check import example_graph, sample_inputs
+from nnspec.compiler.export.onnx_graph import check_shapes, to_onnx
 from nnspec.compiler.layers.base import Example, discover
-from nnspec.compiler.onnx_export import check_shapes, to_onnx
+from nnspec.compiler.train.module import GraphModule
 from nnspec.runtime.runners import RUNNERS
 
 REGISTRY = discover()

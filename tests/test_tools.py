@@ -12,12 +12,12 @@ import pytest
 import yaml
 from conftest import EXAMPLES, ROOT
 
-from nnspec.compiler.dot import to_dot
-from nnspec.compiler.flax_backend import GraphModule
-from nnspec.compiler.graph import check_spec
-from nnspec.compiler.layer_check import sample_inputs
-from nnspec.compiler.spec_schema import spec_schema
-from nnspec.compiler.summary import summarize
+from nnspec.compiler.export.layer_check import sample_inputs
+from nnspec.compiler.graph.ir import check_spec
+from nnspec.compiler.graph.picture import to_dot
+from nnspec.compiler.graph.schema import spec_schema
+from nnspec.compiler.graph.summary import summarize
+from nnspec.compiler.train.module import GraphModule
 from nnspec.main import main
 
 SPECS = sorted(EXAMPLES.glob("*.yaml"))

@@ -81,7 +81,7 @@ def test_export_is_named_and_self_describing(quickstart):
 
 def test_resolved_spec_validates_and_builds_the_same_graph(quickstart, tmp_path):
     out, _ = quickstart
-    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.graph.ir import check_spec
 
     resolved = yaml.safe_load((out / "resolved_spec.yaml").read_text())
     assert [layer["name"] for layer in resolved["layers"]] == [

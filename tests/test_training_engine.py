@@ -72,8 +72,9 @@ def test_frozen_layer_is_bit_identical_and_unfreezes(tmp_path):
     c, _ = train(tmp_path, BASE, name="free")
     wa, wb, wc = weights(a), weights(b), weights(c)
     # The frozen layer keeps its seeded initial values; the head still trains.
-    from nnspec.compiler.graph import check_spec
-    from nnspec.compiler.train import Trainer, resolve_heads
+    from nnspec.compiler.graph.ir import check_spec
+    from nnspec.compiler.train.engine import Trainer
+    from nnspec.compiler.train.heads import resolve_heads
     loaded, graph = check_spec(tmp_path / "frozen.yaml")
     trainer = Trainer(graph, loaded.spec.train, resolve_heads(loaded, graph), 10)
     init = trainer.init({"pixels": np.zeros((1, 8, 8), np.uint8)})
@@ -341,7 +342,7 @@ def test_normalize_adapts_to_the_training_data_and_ships_in_the_model(tmp_path):
     run, _ = train(tmp_path, text)
     stats = weights(run)["stats"]["norm"]
     from nnspec.compiler.data.dataset import make_dataset
-    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.graph.ir import check_spec
     loaded, _ = check_spec(tmp_path / "run.yaml")
     data = make_dataset(loaded.spec.data, loaded.spec.inputs, ["output"], str(tmp_path))
     x = data.train.x["pixels"].reshape(-1, 8).astype(np.float64)

@@ -117,8 +117,8 @@ def _bench_jax(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     import jax
     from flax import serialization
 
-    from nnspec.compiler.flax_backend import GraphModule
-    from nnspec.compiler.graph import check_spec
+    from nnspec.compiler.graph.ir import check_spec
+    from nnspec.compiler.train.module import GraphModule
     from nnspec.runtime.inputs import random_inputs
 
     run_dir = os.path.dirname(os.path.abspath(args.model))

@@ -54,7 +54,7 @@ def _numpy_loss(name: str, out: Any, y: Any) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from nnspec.compiler.data.dataset import Split, _named, make_dataset
-    from nnspec.compiler.evaluation import evaluate_predictions
+    from nnspec.compiler.train.evaluation import evaluate_predictions
     from nnspec.main import UsageError
     from nnspec.runtime import load
     from nnspec.spec.schema import Spec

@@ -26,7 +26,7 @@ ATOL = RTOL = 1e-5
 
 
 def _check_inputs(model_path: str, session: Any) -> tuple[dict[str, Any], str]:
-    from nnspec.compiler.model_card import BUNDLE, read_reference_bundle, synthetic_inputs
+    from nnspec.compiler.export.model_card import BUNDLE, read_reference_bundle, synthetic_inputs
 
     bundle = os.path.join(os.path.dirname(os.path.abspath(model_path)), BUNDLE)
     names = {i.name for i in session.get_inputs()}
@@ -55,7 +55,7 @@ def export_ort(model_path: str, out_dir: str, target_platform: str | None = None
     tmp = tempfile.mkdtemp(prefix=".ort-", dir=out_dir)
     log = io.StringIO()
     try:
-        from nnspec.compiler.quantize import quiet_logging
+        from nnspec.compiler.export.quantize import quiet_logging
 
         with contextlib.redirect_stdout(log), quiet_logging():
             convert_onnx_models_to_ort(pathlib.Path(model_path), pathlib.Path(tmp),

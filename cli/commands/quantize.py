@@ -42,7 +42,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                          f"not {args.max_drop}")
     if args.calibration_samples < 1:
         raise UsageError(f"--calibration-samples: at least 1, not {args.calibration_samples}")
-    from nnspec.compiler.quantize import quantize_and_gate
+    from nnspec.compiler.export.quantize import quantize_and_gate
 
     report = quantize_and_gate(args.model, args.method, args.max_drop, args.out,
                                data_folder=args.data_folder,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from nnspec.compiler.onnx_builder import OnnxBuilder
+    from nnspec.compiler.export.builder import OnnxBuilder
 
 Shape = tuple[int | None, ...]
 """A per-sample shape: the batch dimension is implicit; `None` is a free length."""

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nnspec.compiler.graph import Graph
+from nnspec.compiler.graph.ir import Graph
 
 STREAM_CHUNK_BYTES = 64 << 20
 """Most host bytes gathered per streamed chunk: large enough that one transfer feeds many

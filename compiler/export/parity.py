@@ -8,8 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from nnspec.compiler.flax_backend import GraphModule
-from nnspec.compiler.graph import Graph
+from nnspec.compiler.graph.ir import Graph
+from nnspec.compiler.train.module import GraphModule
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float

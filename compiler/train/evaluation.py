@@ -1,6 +1,6 @@
 """Exact metrics of a whole split, from host arrays (numpy only: no JAX here).
 
-`compiler/metrics.py` accumulates per-batch sums on the device while training; this module
+`compiler/train/metrics.py` accumulates per-batch sums on the device while training; this module
 evaluates a finished model's outputs over a whole split at once, so that metrics that are not
 sums over samples (precision, recall, F1, ROC AUC, R²) are exact rather than batch averages.
 Each metric matches scikit-learn's definition (the tests check it); the choices where several

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnspec.compiler.flax_backend import GraphModule
-from nnspec.compiler.graph import Graph, build_graph
+from nnspec.compiler.graph.ir import Graph, build_graph
 from nnspec.compiler.layers.base import Example, Layer, Shape
+from nnspec.compiler.train.module import GraphModule
 from nnspec.spec.validate import LoadedSpec, validate_document
 from nnspec.spec.yamlio import Document, SourceMap
 
@@ -72,7 +72,7 @@ def run_example(layer: type[Layer], example: Example, batch: int = 3, free: int 
                 ) -> ExampleReport:
     """Initialise the layer and run it in Flax and, exported, in each named runtime on one
     random batch (`free` is the length given to free dimensions such as time)."""
-    from nnspec.compiler.onnx_export import inferred_shapes, to_onnx
+    from nnspec.compiler.export.onnx_graph import inferred_shapes, to_onnx
     from nnspec.runtime.runners import RUNNERS
 
     graph = example_graph(layer, example)

@@ -247,7 +247,7 @@ def _classes(values: np.ndarray) -> np.ndarray:
 
 
 def _score(values: np.ndarray, targets: np.ndarray, task: str) -> dict[str, float]:
-    from nnspec.compiler.evaluation import accuracy, mae, rmse
+    from nnspec.compiler.train.evaluation import accuracy, mae, rmse
 
     if task == "classification":
         return {"accuracy": accuracy(values, targets)}

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from nnspec.compiler.graph import Graph
+from nnspec.compiler.graph.ir import Graph
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def summarize(graph: Graph) -> list[Row]:
     import jax
     import jax.numpy as jnp
 
-    from nnspec.compiler.flax_backend import GraphModule
+    from nnspec.compiler.train.module import GraphModule
 
     dummy = {name: jax.ShapeDtypeStruct((1, *(d or 1 for d in spec.shape)), jnp.dtype(spec.dtype))
              for name, spec in graph.inputs.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nnspec.compiler.graph import Graph
+from nnspec.compiler.graph.ir import Graph
 from nnspec.compiler.layers.base import describe
 
 

@@ -256,7 +256,7 @@ def write_model_card(run_dir: str | os.PathLike, spec: Any, metrics: Mapping[str
                      runs: int = 50) -> str:
     """Write `MODEL_CARD.md` into the run directory: name and description; inputs (shapes,
     dtypes, preprocessing inside the graph); outputs (shapes, labels); the layers (from
-    `summary_rows`, rows of `nnspec.compiler.summary.summarize`, when given); metrics per
+    `summary_rows`, rows of `nnspec.compiler.graph.summary.summarize`, when given); metrics per
     split; the cross-check verdict; file size and sha256; latency at batch 1 and throughput at
     batch 32 in onnxruntime (timed on `sample_inputs`, else on `reference_io.npz` when the run
     has one, else on synthetic inputs); quantized variants from `quantization.json`; and how

@@ -2,7 +2,7 @@
 pydantic models of the sections (`nnspec.spec.schema`) and the layer registry
 (`nnspec.compiler.layers`). Regenerate the shipped page with
 
-    python -m nnspec.compiler.spec_docs > docs/spec-reference.md
+    python -m nnspec.compiler.graph.reference > docs/spec-reference.md
 
 The output depends only on the code (no dates, no paths, no environment), so a test can
 compare the shipped page with a fresh one. Nothing here imports JAX.
@@ -21,12 +21,12 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from nnspec.compiler.graph import GRAPH_KEYS
+from nnspec.compiler.graph.ir import GRAPH_KEYS
 from nnspec.compiler.layers.base import Layer, discover
 from nnspec.spec.blocks import USE_KEYS
 from nnspec.spec.schema import MAX_OPSET, MIN_OPSET, SPEC_VERSION, Spec
 
-COMMAND = "python -m nnspec.compiler.spec_docs > docs/spec-reference.md"
+COMMAND = "python -m nnspec.compiler.graph.reference > docs/spec-reference.md"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
 
 # Words for keys whose pydantic field has no `description`: used only while the field has

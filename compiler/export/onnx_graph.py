@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from nnspec.compiler.graph import Graph
-from nnspec.compiler.onnx_builder import ExportError, OnnxBuilder
+from nnspec.compiler.export.builder import ExportError, OnnxBuilder
+from nnspec.compiler.graph.ir import Graph
 
 IR_VERSION = 10  # what onnxruntime 1.20+ reads; onnx stamps its own (newer) IR otherwise
 BATCH = "batch"

@@ -6,7 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from nnspec.compiler.graph import Graph
+from nnspec.compiler.graph.ir import Graph
 
 
 class GraphModule(nn.Module):

@@ -20,13 +20,14 @@ import numpy as np
 import optax
 
 from nnspec.compiler.data.dataset import Dataset, Split
-from nnspec.compiler.distributed import agree, replicate, same
-from nnspec.compiler.flax_backend import TrainingModule
-from nnspec.compiler.graph import Graph
-from nnspec.compiler.losses import CLASSIFICATION, LOSSES
-from nnspec.compiler.metrics import METRICS
-from nnspec.compiler.optimizers import make_optimizer
-from nnspec.compiler.pipeline import (
+from nnspec.compiler.graph.ir import Graph
+from nnspec.compiler.train.distributed import agree, replicate, same
+from nnspec.compiler.train.heads import Head, check_targets
+from nnspec.compiler.train.losses import LOSSES
+from nnspec.compiler.train.metrics import METRICS
+from nnspec.compiler.train.module import TrainingModule
+from nnspec.compiler.train.optimizers import make_optimizer
+from nnspec.compiler.train.pipeline import (
     Route,
     abstract_rows,
     choose_loop,
@@ -34,9 +35,9 @@ from nnspec.compiler.pipeline import (
     nbytes,
     stream_chunk,
 )
-from nnspec.spec.errors import DataError, Problem, SpecError
-from nnspec.spec.schema import LossSpec, TrainSpec
-from nnspec.spec.validate import LoadedSpec
+from nnspec.compiler.train.regularization import penalty, trainable_mask
+from nnspec.spec.errors import DataError
+from nnspec.spec.schema import TrainSpec
 
 EVAL_BATCH = 1024
 FIRST_SPAN = 4
@@ -45,7 +46,6 @@ CHUNK_SECONDS = 0.5
 """How long one chunk of steps runs between looks at the host: progress, signals, the NaN
 guard. Chunking never changes the numbers (the loop body is the same compiled code)."""
 _NO_STEP = np.iinfo(np.int32).max
-_WEIGHT_NAMES = ("kernel", "embedding")
 
 
 class NonFiniteError(RuntimeError):
@@ -75,63 +75,6 @@ class TrainResult:
     """Time the step waited for streamed batches (0 with the data on the device)."""
 
 
-@dataclass(frozen=True)
-class Head:
-    """One trained output: its loss, loss weight and metrics."""
-
-    output: str
-    loss: LossSpec
-    weight: float
-    metrics: tuple[str, ...]
-
-
-def resolve_heads(loaded: LoadedSpec, graph: Graph) -> list[Head]:
-    """The loss and metrics of every output: its own, else the `train` section's."""
-    spec = loaded.spec
-    heads, problems = [], []
-    for out in graph.outputs:
-        own = (spec.outputs or {}).get(out)
-        loss = own.loss if own and own.loss else spec.train.loss
-        if loss is None:
-            where = ("outputs", out) if own else ("train",)
-            problems.append(Problem(loaded.doc.source.locate(where, key=True),
-                                    f"output {out!r} has no loss: set train.loss, or "
-                                    f"outputs.{out}.loss"))
-            continue
-        metrics = own.metrics if own and own.metrics is not None else spec.train.metrics
-        heads.append(Head(out, loss, own.loss_weight if own else 1.0, tuple(metrics)))
-    if problems:
-        raise SpecError(problems)
-    return heads
-
-
-def _check_targets(graph: Graph, head: Head, y: np.ndarray) -> None:
-    shape = graph.output_node(head.output).shape
-    name, out = head.loss.name, head.output
-    if name in CLASSIFICATION or (name in ("mse", "mae", "huber") and y.ndim == 1
-                                  and np.issubdtype(y.dtype, np.integer) and shape[-1] > 1):
-        if name == "categorical_crossentropy" and y.shape[1:] == shape:
-            return  # one-hot targets
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"output {out!r}: loss {name!r} needs integer class labels, one "
-                            f"per sample; the targets have shape {y.shape[1:]} and dtype "
-                            f"{y.dtype}")
-        if y.shape[1:] != tuple(shape[:-1]):
-            raise DataError(f"output {out!r} has shape {tuple(shape)} but the labels have shape "
-                            f"{y.shape[1:]} per sample; a classifier's output should be "
-                            f"(classes,) (add a flatten or a global pooling layer before it?)")
-        if len(y) and (y.min() < 0 or y.max() >= shape[-1]):
-            raise DataError(f"class labels range over [{y.min()}, {y.max()}] but output {out!r} "
-                            f"has {shape[-1]} classes (shape {shape})")
-        weights = head.loss.class_weights
-        if weights is not None and len(weights) != shape[-1]:
-            raise DataError(f"output {out!r}: class_weights has {len(weights)} entries for "
-                            f"{shape[-1]} classes")
-    elif int(np.prod(y.shape[1:])) != int(np.prod(shape)):
-        raise DataError(f"loss {name!r} compares output {out!r} of shape {shape} with targets "
-                        f"of shape {y.shape[1:]}")
-
-
 def _canonical(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays in the dtypes JAX will hold them in (float64 -> float32 without x64), so the
     host copy streamed in batches equals the one put on the device."""
@@ -150,32 +93,6 @@ def _padded_batches(n: int, size: int, width: int | None = None
     real = np.arange(count)[:, None] * size + np.arange(width)[None, :]
     weight = ((np.arange(width)[None, :] < size) & (real < n)).astype(np.float32)
     return (real % max(n, 1)).astype(np.int32), weight
-
-def _map_leaves(tree: Any, fn: Callable[[tuple, Any], Any], path: tuple = ()) -> Any:
-    if isinstance(tree, dict):
-        return {k: _map_leaves(v, fn, (*path, k)) for k, v in tree.items()}
-    return fn(path, tree)
-
-
-def trainable_mask(params: dict, graph: Graph, frozen: bool = True) -> dict:
-    """1.0 for the leaves of trainable layers, 0.0 for `trainable: false` ones (when
-    `frozen`): gradients and updates are multiplied by it, so frozen weights stay bit-identical
-    and can be unfrozen later without rebuilding the optimizer."""
-    fixed = {n.name for n in graph.nodes if not n.trainable} if frozen else set()
-    return _map_leaves(params, lambda p, a: jnp.float32(0.0 if p[0] in fixed else 1.0))
-
-
-def penalty(params: dict, l2: float, l1: float, layers: list[str] | None) -> jax.Array:
-    """l2 * sum(w**2) + l1 * sum(|w|) over kernels and embeddings (not biases or scales)."""
-    total = jnp.zeros((), jnp.float32)
-    if not (l2 or l1):
-        return total
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [getattr(k, "key", None) for k in path]
-        if keys[-1] in _WEIGHT_NAMES and (layers is None or keys[0] in layers):
-            total = total + l2 * jnp.sum(jnp.square(leaf)) + l1 * jnp.sum(jnp.abs(leaf))
-    return total
-
 
 def _cast(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
@@ -301,7 +218,7 @@ class Trainer:
         def body(carry, x, y, mask):
             params, state, opt_state, sums, bad, lr_scale, frozen, step_no = carry
             if augments:
-                from nnspec.compiler.augment import augment
+                from nnspec.compiler.train.augment import augment
 
                 x, y = augment(augments, jax.random.fold_in(self.augment_key, step_no), x, y,
                                image_inputs, classes)
@@ -373,7 +290,7 @@ class Trainer:
                  keep: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Loss and every metric of `variables` on a whole split (inference mode); metrics
         are computed over the whole split at once (exact macro F1, AUC...)."""
-        from nnspec.compiler.evaluation import evaluate_predictions
+        from nnspec.compiler.train.evaluation import evaluate_predictions
 
         step = step or self.eval_step()
         idx, mask = _padded_batches(len(split), min(EVAL_BATCH, len(split)))
@@ -429,7 +346,7 @@ class Trainer:
         running loss and on-device metrics); `stop` is polled between chunks.
         """
         for head in self.heads:
-            _check_targets(self.graph, head, data.train.y[head.output])
+            check_targets(self.graph, head, data.train.y[head.output])
         spec = self.spec
         variables = self.init(data.train.x)
         if initial:
