@@ -140,8 +140,14 @@ def make_dataset(data: DataSpec, inputs: dict[str, InputSpec], outputs: list[str
                  spec_folder: str = ".") -> Dataset:
     """Load a source and split it: a test split carved out unless the source has one, then a
     validation split from the training part (both stratified, seeded by `data.seed`)."""
-    arrays = load_arrays(data, spec_folder)
-    where = data.path or data.source
+    return split_arrays(load_arrays(data, spec_folder), data, inputs, outputs,
+                        data.path or data.source)
+
+
+def split_arrays(arrays: dict[str, np.ndarray], data: DataSpec, inputs: dict[str, InputSpec],
+                 outputs: list[str], where: str) -> Dataset:
+    """Split arrays named after the inputs and outputs (or `x`/`y`) as `data` says: the
+    arrays a spec's source gives, or the ones a Python caller passes to `nnspec.train`."""
     whole, test = _named(arrays, list(inputs), outputs, where)
     lengths = {len(v) for v in [*whole.x.values(), *whole.y.values()]}
     if len(lengths) != 1:
