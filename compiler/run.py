@@ -224,6 +224,10 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         "spec_sha256": _sha256(source),
         "resolved_spec": json.dumps(resolved, separators=(",", ":")),
         "labels": json.dumps(labels),
+        # How each output's loss read it: "logits" outputs are raw scores (softmax or sigmoid
+        # of them are the probabilities); see nnspec.compiler.train.heads.loss_form.
+        "loss_forms": json.dumps({h.output: {"loss": h.loss.name, "form": h.form}
+                                  for h in heads}),
         # Integer ids outside an embedding's table give NaN in JAX and an error in
         # onnxruntime: the runtime rejects them at its boundary with a clear message.
         "input_ranges": json.dumps({r: [0, n.layer.input_dim] for n in graph.nodes

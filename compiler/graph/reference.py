@@ -473,6 +473,37 @@ def _blocks_notes() -> list[str]:
     ]
 
 
+def _loss_form_notes() -> list[str]:
+    # The rule lives in nnspec.compiler.train.heads.loss_form; tests/test_loss_forms.py checks
+    # each row of this table against it.
+    rows = [
+        ("a `softmax` over the last axis", "from the softmax's input (the logits), exactly",
+         "error: the units sum to 1 (a single one is always 1)"),
+        ("a `sigmoid`", "error: the units are independent yes/no probabilities",
+         "from the sigmoid's input (the logits), exactly"),
+        ("`hard_sigmoid`, a softmax over another axis, or a reshape, flatten, permute, "
+         "pooling, concat or multiply of such values (known to lie in [0, 1])",
+         "on the probabilities, clipped to [1e-7, 1] (an error when they come from a sigmoid "
+         "or hard_sigmoid)",
+         "on the probabilities, clipped to [1e-7, 1 - 1e-7]"),
+        ("anything else (a `dense` with no activation, `relu`, `tanh`, ...)",
+         "the output is the logits: softmax cross-entropy of it",
+         "the output is the logits: sigmoid cross-entropy of it"),
+    ]
+    return [
+        "**Which form a cross-entropy takes.** It depends on the layer that makes the output "
+        "(`nnspec validate` and `nnspec summary` print it for each output, e.g. `loss: sparse "
+        "categorical cross-entropy from logits`). A categorical cross-entropy over a single "
+        "unit is an error (it is always 0). An output that is the logits is exported as it is "
+        "(the function trained); its argmax (`argmax: true`, `NAME_class`) is the class, and "
+        "metrics that need probabilities (AUC, precision...) read softmax (sigmoid for binary "
+        "cross-entropy) of it. `mse`, `mae` and `huber` read the output's values whatever "
+        "makes it.", "",
+        *_table(rows, ("the output comes from", "categorical_crossentropy, "
+                       "sparse_categorical_crossentropy", "binary_crossentropy")), "",
+    ]
+
+
 def _arity(cls: type[Layer], where: str = "") -> str:
     if cls.arity is None:
         return f"several{where}"
@@ -545,6 +576,8 @@ def reference_markdown() -> str:
         if section.path.startswith("blocks."):
             lines += _layers_section(registry)  # between inputs and blocks, as in a spec
         lines += _model_section(section, kinds, uses.get(section.model, []))
+        if section.model.__name__ == "LossSpec":
+            lines += _loss_form_notes()
         if section.path.startswith("blocks"):
             lines += _blocks_notes()
     lines += ['<a id="layer-types"></a>', "", "## Layer types", "",

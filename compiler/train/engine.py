@@ -22,8 +22,8 @@ import optax
 from nnspec.compiler.data.dataset import Dataset, Split
 from nnspec.compiler.graph.ir import Graph
 from nnspec.compiler.train.distributed import agree, replicate, same
-from nnspec.compiler.train.heads import Head, check_targets
-from nnspec.compiler.train.losses import LOSSES
+from nnspec.compiler.train.heads import Head, check_targets, loss_form
+from nnspec.compiler.train.losses import LOSSES, logits_of, scores_of
 from nnspec.compiler.train.metrics import METRICS
 from nnspec.compiler.train.module import TrainingModule
 from nnspec.compiler.train.optimizers import make_optimizer
@@ -134,6 +134,10 @@ class Trainer:
 
     def __init__(self, graph: Graph, train: TrainSpec, heads: list[Head], n_train: int):
         self.graph, self.spec, self.heads = graph, train, heads
+        # The form of each head's loss (from which logits, or on probabilities): one rule,
+        # `heads.loss_form`, shared with `validate` and `summary`.
+        self.forms = {h.output: h.form or loss_form(graph, h.output, h.loss.name)
+                      for h in heads}
         self.module = TrainingModule(graph)
         self.devices = jax.devices()
         n_dev = len(self.devices)
@@ -187,9 +191,10 @@ class Trainer:
         for head in self.heads:
             out = outs[head.output].astype(jnp.float32)
             target = y[head.output]
-            lg = logits.get(head.output)
+            lg = logits_of(self.forms[head.output], out, logits.get(head.output))
             per = LOSSES[head.loss.name](out, None if lg is None else lg.astype(jnp.float32),
                                          target, head.loss)
+            scores = scores_of(self.forms[head.output], head.loss.name, out)
             weight = mask
             if head.loss.class_weights is not None and target.ndim == 1:
                 weight = weight * jnp.asarray(head.loss.class_weights)[target.astype(jnp.int32)]
@@ -200,7 +205,7 @@ class Trainer:
             for metric in head.metrics:
                 if metric in on_device and target.ndim <= out.ndim:
                     sums[self._key(head, metric)] = METRICS[metric](
-                        jax.lax.stop_gradient(out), target, mask)
+                        jax.lax.stop_gradient(scores), target, mask)
         sums["loss"] = total * jnp.sum(mask)
         return total, sums
 
@@ -309,7 +314,9 @@ class Trainer:
         predictions = {k: np.concatenate(v) for k, v in outputs.items()}
         for head in self.heads:
             if head.metrics:
-                found = evaluate_predictions(predictions[head.output], split.y[head.output],
+                scores = np.asarray(scores_of(self.forms[head.output], head.loss.name,
+                                              jnp.asarray(predictions[head.output])))
+                found = evaluate_predictions(scores, split.y[head.output],
                                              head.metrics, self.spec.top_k)
                 result.update({self._key(head, k): v for k, v in found.items()})
         return result, predictions if keep else {}

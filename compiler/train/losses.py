@@ -1,7 +1,8 @@
 """Losses by spec name, as per-sample values: the trainer weighs and averages them.
 
-Each takes the output, the logits that feed a final softmax or sigmoid (None otherwise),
-the targets and the loss spec. From logits, cross-entropies are exact and stable.
+Each takes the output, the logits (None for the clipped probability form), the targets and
+the loss spec. From logits, cross-entropies are exact and stable. Which logits a head's loss
+reads is `heads.loss_form`'s decision; `logits_of` applies it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nnspec.compiler.train.heads import CLASSIFICATION, LOGITS, SIGMOID_LOGITS, SOFTMAX_LOGITS
 from nnspec.spec.schema import LossSpec
 
 _EPS = 1e-7  # Keras' clip for cross-entropy on probabilities
@@ -91,4 +93,22 @@ LOSSES: dict[str, LossFn] = {
     "mae": mae,
     "huber": huber,
 }
-CLASSIFICATION = {"categorical_crossentropy", "sparse_categorical_crossentropy"}
+
+
+__all__ = ["CLASSIFICATION", "LOSSES", "logits_of", "scores_of"]
+
+
+def logits_of(form: str, out: jax.Array, captured: jax.Array | None) -> jax.Array | None:
+    """The logits a cross-entropy of this form reads: those captured before the output's
+    softmax/sigmoid, the output itself, or None (probabilities, values)."""
+    if form in (SOFTMAX_LOGITS, SIGMOID_LOGITS):
+        return captured
+    return out if form == LOGITS else None
+
+
+def scores_of(form: str, loss: str, out: jax.Array) -> jax.Array:
+    """What metrics read: probabilities. An output that is the logits goes through the softmax
+    (or, for binary cross-entropy, the sigmoid) its loss implies; others pass as they are."""
+    if form != LOGITS:
+        return out
+    return jax.nn.sigmoid(out) if loss == "binary_crossentropy" else jax.nn.softmax(out, -1)

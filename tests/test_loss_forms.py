@@ -1,0 +1,149 @@
+"""The form each loss takes on each kind of output (heads.loss_form), the errors for the
+mismatches, what validate/summary say, and the logits defect: a classifier without a softmax
+trains like one with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from nnspec.compiler.graph.ir import check_spec
+from nnspec.compiler.train.heads import (
+    LOGITS,
+    PROBABILITIES,
+    SIGMOID_LOGITS,
+    SOFTMAX_LOGITS,
+    VALUES,
+    loss_form,
+    resolve_heads,
+)
+
+HEAD = "  - {type: dense, name: head, units: UNITS}\n"
+SPEC = """\
+version: 1
+name: forms
+inputs:
+  pixels: {shape: [8, 8], dtype: uint8}
+layers:
+  - {type: flatten}
+  - {type: rescale, scale: 0.0625}
+  - {type: dense, name: fc1, units: 32, activation: relu}
+HEAD
+data: {source: digits, limit: 1000, test_split: 0.3}
+train:
+  epochs: 12
+  batch_size: 32
+  optimizer: {name: adam, learning_rate: 0.003}
+  loss: LOSS
+  metrics: [accuracy]
+  seed: 0
+"""
+
+
+def _spec(tmp_path, ending: str, loss: str, units: int = 10, name: str = "s"):
+    text = SPEC.replace("HEAD\n", HEAD.replace("UNITS", str(units)) + ending).replace(
+        "LOSS", loss)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+ENDINGS = {
+    "linear": "",
+    "softmax": "  - {type: softmax}\n",
+    "softmax_axis1_reshaped": "  - {type: reshape, target_shape: [2, 5]}\n"
+                              "  - {type: softmax, axis: 1}\n  - {type: flatten}\n",
+    "sigmoid": "  - {type: sigmoid}\n",
+    "hard_sigmoid": "  - {type: hard_sigmoid}\n",
+    "tanh": "  - {type: tanh}\n",
+}
+# (ending, loss) -> the form, or the words of the error.
+TABLE = [
+    ("softmax", "sparse_categorical_crossentropy", SOFTMAX_LOGITS),
+    ("softmax", "categorical_crossentropy", SOFTMAX_LOGITS),
+    ("linear", "sparse_categorical_crossentropy", LOGITS),
+    ("linear", "categorical_crossentropy", LOGITS),
+    ("tanh", "sparse_categorical_crossentropy", LOGITS),
+    ("softmax_axis1_reshaped", "sparse_categorical_crossentropy", PROBABILITIES),
+    ("sigmoid", "sparse_categorical_crossentropy", "independent yes/no probabilities"),
+    ("hard_sigmoid", "categorical_crossentropy", "independent yes/no probabilities"),
+    ("sigmoid", "binary_crossentropy", SIGMOID_LOGITS),
+    ("linear", "binary_crossentropy", LOGITS),
+    ("hard_sigmoid", "binary_crossentropy", PROBABILITIES),
+    ("softmax_axis1_reshaped", "binary_crossentropy", PROBABILITIES),
+    ("softmax", "binary_crossentropy", "sum to 1"),
+    ("softmax", "mse", VALUES),
+    ("linear", "huber", VALUES),
+]
+
+
+@pytest.mark.parametrize(("ending", "loss", "expected"), TABLE)
+def test_loss_form_table(tmp_path, ending, loss, expected):
+    loaded, graph = check_spec(_spec(tmp_path, ENDINGS[ending], loss))
+    out = next(iter(graph.outputs))
+    if expected in (SOFTMAX_LOGITS, SIGMOID_LOGITS, LOGITS, PROBABILITIES, VALUES):
+        assert loss_form(graph, out, loss) == expected
+        assert resolve_heads(loaded, graph)[0].form == expected
+    else:
+        with pytest.raises(ValueError, match=expected):
+            loss_form(graph, out, loss)
+
+
+def test_single_unit_categorical_is_an_error(tmp_path):
+    _, graph = check_spec(_spec(tmp_path, "", "sparse_categorical_crossentropy", units=1))
+    with pytest.raises(ValueError, match="single unit is always 0"):
+        loss_form(graph, next(iter(graph.outputs)), "sparse_categorical_crossentropy")
+
+
+def test_mismatch_is_a_located_error_exit_2(tmp_path):
+    path = _spec(tmp_path, ENDINGS["softmax"], "binary_crossentropy")
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "loss:" in t)
+    for verb in ("validate", "train"):
+        result = run_cli(verb, str(path), *(["--out", str(tmp_path / "r")] if verb == "train"
+                                            else []))
+        assert result.returncode == 2, result.stderr
+        assert f"{path}:{line}:" in result.stderr and "sum to 1" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r" / "model.onnx").exists()
+
+
+def test_validate_and_summary_name_the_form(tmp_path):
+    path = _spec(tmp_path, "", "sparse_categorical_crossentropy")
+    for verb in ("validate", "summary"):
+        result = run_cli(verb, str(path))
+        assert result.returncode == 0, result.stderr
+        assert "loss: sparse categorical cross-entropy from logits (the output itself" in (
+            result.stdout)
+    soft = _spec(tmp_path, ENDINGS["softmax"], "categorical_crossentropy", name="soft")
+    assert "from logits (the softmax's input)" in run_cli("validate", str(soft)).stdout
+
+
+def _fit(path):
+    from nnspec.compiler.data.dataset import make_dataset
+    from nnspec.compiler.train.engine import Trainer
+
+    loaded, graph = check_spec(path)
+    spec = loaded.spec
+    heads = resolve_heads(loaded, graph)
+    data = make_dataset(spec.data, spec.inputs, list(graph.outputs), loaded.folder)
+    result = Trainer(graph, spec.train, heads, len(data.train)).fit(data)
+    return result
+
+
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy"])
+def test_logits_classifier_trains_like_the_softmax_one(tmp_path, loss):
+    """The defect of issue 11: `dense(10)` with no softmax learned nothing (its raw scores were
+    read as probabilities and clipped). Now it is trained from logits, to the same accuracy."""
+    soft = _fit(_spec(tmp_path, ENDINGS["softmax"], loss, name="soft"))
+    raw = _fit(_spec(tmp_path, "", loss, name="raw"))
+    a_soft, a_raw = soft.metrics["test"]["accuracy"], raw.metrics["test"]["accuracy"]
+    assert a_soft > 0.9 and abs(a_soft - a_raw) <= 0.02, (a_soft, a_raw)
+    # The same function up to the final softmax: the losses agree as closely.
+    assert raw.history[-1]["loss"] < 0.2 * raw.history[0]["loss"]
+    assert abs(soft.metrics["test"]["loss"] - raw.metrics["test"]["loss"]) < 0.05
+    # The raw model's outputs are the logits (not probabilities); their argmax is the class.
+    logits = raw.predictions["test"]["output"] if "output" in raw.predictions["test"] else (
+        next(iter(raw.predictions["test"].values())))
+    assert logits.min() < 0 or logits.max() > 1
+    assert np.all(np.isfinite(logits))
