@@ -521,7 +521,7 @@ def _image_model(folder: Path, shape: list[int], dtype: int, metadata: dict | No
 
 
 def test_read_images(tmp_path):
-    image = pytest.importorskip("PIL.Image")
+    from PIL import Image as image
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, size=(16, 12, 3), dtype=np.uint8)
     image.fromarray(rgb).save(tmp_path / "a.png")
@@ -587,15 +587,9 @@ def test_csv_predictions():
         write_predictions({"animal": probs}, {}, "xml", io.StringIO())
 
 
-# --- nnspec predict with the new formats (once cmd_predict uses runtime/inputs.py) ----------
+# --- nnspec predict with the formats of runtime/inputs.py ----------------------------------
 
-@pytest.fixture(scope="module")
-def predict_formats():
-    if "--format" not in run_cli("predict", "--help").stdout:
-        pytest.skip("cmd_predict does not use nnspec.runtime.inputs yet")
-
-
-def test_predict_csv_in_csv_out_without_jax(predict_formats, small_run, tmp_path):
+def test_predict_csv_in_csv_out_without_jax(small_run, tmp_path):
     run, _ = small_run
     digits = load_digits()
     x, y = digits["x"][:50].astype(np.float32), digits["y"][:50]
@@ -616,8 +610,8 @@ def test_predict_csv_in_csv_out_without_jax(predict_formats, small_run, tmp_path
     assert repeated.stdout == result.stdout
 
 
-def test_predict_images_and_bad_files(predict_formats, tmp_path):
-    image = pytest.importorskip("PIL.Image")
+def test_predict_images_and_bad_files(tmp_path):
+    from PIL import Image as image
     raw = _image_model(tmp_path, [8, 8], TensorProto.UINT8)
     pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
     image.fromarray(pixels).save(tmp_path / "a.png")

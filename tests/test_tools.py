@@ -81,7 +81,8 @@ def test_graph_dot_has_every_node_and_edge():
     assert '"probabilities" -> "output:digit";' in dot
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+@pytest.mark.skipif(shutil.which("dot") is None,
+                    reason="Graphviz `dot` is not on PATH (.ci/run installs the Debian package)")
 def test_graph_svg(tmp_path):
     assert main(["graph", str(EXAMPLES / "quickstart.yaml"), "--out",
                  str(tmp_path / "g.svg")]) == 0
