@@ -114,7 +114,9 @@ def _prepare(loaded: LoadedSpec) -> tuple[Graph, Any, Dataset]:
     from nnspec.compiler.train.heads import resolve_heads
 
     heads = resolve_heads(loaded, graph)
-    data = make_dataset(spec.data, spec.inputs, list(graph.outputs), loaded.folder)
+    data = make_dataset(spec.data, spec.inputs, list(graph.outputs), loaded.folder,
+                            labels={k: o.labels for k, o in (spec.outputs or {}).items()
+                                    if o.labels})
     return graph, heads, data
 
 
@@ -149,6 +151,9 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
     graph, heads, data = _prepare(loaded)
     log(f"data: {len(data.train)} train, {len(data.validation)} validation, "
         f"{len(data.test)} test samples")
+    if data.skipped:  # data.on_error: skip
+        log(f"data: skipped {len(data.skipped)} bad samples: " + "; ".join(data.skipped[:10])
+            + (f"; ... and {len(data.skipped) - 10} more" if len(data.skipped) > 10 else ""))
 
     import jax
 
@@ -217,13 +222,19 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
     _plots(out_dir, graph, loaded, result, heads)
     write_json(os.path.join(out_dir, "metrics.json"), metrics)
 
-    labels = {k: o.labels for k, o in (spec.outputs or {}).items() if o.labels}
+    # Class names the data gave (a table's label column, image folder names), unless the
+    # spec names them.
+    labels = {**data.labels, **{k: o.labels for k, o in (spec.outputs or {}).items()
+                                if o.labels}}
     metadata = {
         "nnspec_version": __version__,
         "spec_name": spec.name,
         "spec_sha256": _sha256(source),
         "resolved_spec": json.dumps(resolved, separators=(",", ":")),
         "labels": json.dumps(labels),
+        # A table's preprocessing (columns, vocabularies, fill values), applied by the runtime
+        # to raw rows (nnspec.runtime.tables).
+        **({"table": json.dumps(data.table, separators=(",", ":"))} if data.table else {}),
         # How each output's loss read it: "logits" outputs are raw scores (softmax or sigmoid
         # of them are the probabilities); see nnspec.compiler.train.heads.loss_form.
         "loss_forms": json.dumps({h.output: {"loss": h.loss.name, "form": h.form}

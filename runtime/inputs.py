@@ -2,7 +2,8 @@
 images when installed).
 
 Inputs: `.npy` (a batch, or one sample), `.npz` (one array per input), `.csv` (numeric, an
-optional header row, one sample per row) and images (`.png`, `.jpg`, `.jpeg`). Several files
+optional header row, one sample per row; for a model trained on a table, its raw rows by
+column name) and images (`.png`, `.jpg`, `.jpeg`, `.bmp`, `.webp`). Several files
 are concatenated along the batch axis. Outputs: JSON (the whole report) or CSV (one row per
 sample).
 """
@@ -20,7 +21,7 @@ import numpy as np
 
 from nnspec.runtime.model import InputError, Model, TensorInfo
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SUFFIXES = (".npy", ".npz", ".csv", *IMAGE_SUFFIXES)
 _CHANNELS = {1: "L", 3: "RGB", 4: "RGBA"}
 
@@ -55,6 +56,14 @@ def _read_one(path: str, model: Model) -> Inputs:
     if not os.path.isfile(path):
         raise InputError(f"no such file {path!r}")
     suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".csv" and "table" in model.metadata:
+        # A model trained on a table: raw rows by column name (nnspec.runtime.tables).
+        from nnspec.runtime.tables import TableError, read_table_inputs
+
+        try:
+            return read_table_inputs(path, model.metadata)
+        except TableError as err:
+            raise InputError(str(err)) from None
     if suffix == ".csv":
         return _read_csv(path, model)
     if suffix in IMAGE_SUFFIXES:

@@ -23,7 +23,7 @@ METRICS = ("accuracy", "top_k_accuracy", "precision", "recall", "f1", "auc", "ma
 Metric = Literal["accuracy", "top_k_accuracy", "precision", "recall", "f1", "auc", "mae",
                  "rmse", "r2"]
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-DATA_SOURCES = ("digits", "mnist", "fashion_mnist", "npz")
+DATA_SOURCES = ("digits", "mnist", "fashion_mnist", "npz", "csv", "parquet", "images")
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 21, 21
 
 
@@ -191,26 +191,78 @@ class TrainSpec(SpecModel):
         "memory (a quarter of RAM on the CPU)")
 
 
+class ColumnSpec(SpecModel):
+    """Table columns that feed one input (or give one output's targets), in order.
+
+    Numeric columns are gathered into a float vector; a categorical column becomes integer ids
+    (0 is out-of-vocabulary; the vocabulary, sorted, is learned from the training split) or,
+    with `encoding: one_hot`, a 0/1 vector of the vocabulary size plus one. A categorical
+    output column gives the classifier's class names (its sorted values, or `outputs.NAME.labels`
+    when given). `NAME: x` is short for `NAME: {columns: [x]}`, `NAME: [x, y]` for
+    `NAME: {columns: [x, y]}`.
+    """
+
+    columns: list[str] = Field(min_length=1, description="column names in the file, in order")
+    type: Literal["auto", "numeric", "categorical"] = Field(
+        default="auto", description="auto: numeric when every value parses as a number")
+    encoding: Literal["ids", "one_hot"] = Field(default="ids", description="categorical inputs")
+    missing: Literal["fail", "mean", "mode", "constant", "oov"] | None = Field(
+        default=None, description="empty/NA cells: fail (numeric default), the training mean, "
+        "the most frequent value, fill_value, or the out-of-vocabulary id (categorical default)")
+    fill_value: float | str | None = Field(default=None, description="missing: constant")
+
+    @model_validator(mode="after")
+    def _fill_for_constant(self) -> ColumnSpec:
+        if self.missing == "constant" and self.fill_value is None:
+            raise ValueError("`fill_value` is required when missing is 'constant'")
+        if self.missing == "mean" and self.type == "categorical":
+            raise ValueError("missing: mean needs numeric columns (categorical: mode, "
+                             "constant or oov)")
+        if self.missing == "oov" and self.type == "numeric":
+            raise ValueError("missing: oov needs a categorical column")
+        return self
+
+
 class DataSpec(SpecModel):
     """Where the data comes from and how it is split.
 
     `digits` ships with nnspec; `mnist` and `fashion_mnist` download once (checksummed) into a
     cache; `npz` reads `x`/`y` (or `x_train`/`y_train`/`x_test`/`y_test`) from `path`, relative
-    to the spec file.
+    to the spec file. `csv` and `parquet` read a table whose `columns` map to the inputs and
+    outputs by name; `images` reads a folder with one subfolder per class (or a CSV of
+    path,label), decoded with Pillow to each image input's shape.
     """
 
-    source: Literal["digits", "mnist", "fashion_mnist", "npz"]
+    source: Literal["digits", "mnist", "fashion_mnist", "npz", "csv", "parquet", "images"]
     path: str | None = None
+    columns: dict[Name, ColumnSpec | list[str] | str] | None = Field(
+        default=None, description="csv/parquet: the columns of each input and output, by name "
+        "(one column, a list, or an object with options)")
+    resize: Literal["none", "resize"] = Field(
+        default="none", description="images: 'resize' to the input's size (bilinear, as "
+        "`nnspec predict` does); 'none': every image must have the input's size")
+    on_error: Literal["fail", "skip"] = Field(
+        default="fail", description="a bad row or image: fail (every problem listed), or skip "
+        "it and report how many and which")
     validation_split: float = Field(default=0.1, ge=0, lt=1)
     test_split: float = Field(default=0.2, ge=0, lt=1,
                               description="used only when the source has no test split")
     limit: int | None = Field(default=None, ge=1, description="use at most this many samples")
     seed: int = Field(default=0, ge=0, lt=1 << 32, description="seed of the shuffles and splits")
 
+    def column_specs(self) -> dict[str, ColumnSpec]:
+        """`columns` with every shorthand spelled out."""
+        return {k: v if isinstance(v, ColumnSpec) else ColumnSpec(
+            columns=[v] if isinstance(v, str) else list(v))
+            for k, v in (self.columns or {}).items()}
+
     @model_validator(mode="after")
     def _path_for_npz(self) -> DataSpec:
-        if self.source == "npz" and not self.path:
-            raise ValueError("`path` is required when source is 'npz'")
+        if self.source in ("npz", "csv", "parquet", "images") and not self.path:
+            raise ValueError(f"`path` is required when source is {self.source!r}")
+        if self.source in ("csv", "parquet") and not self.columns:
+            raise ValueError(f"`columns` is required when source is {self.source!r}: the "
+                             "columns of each input and output")
         return self
 
 

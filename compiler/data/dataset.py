@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -30,11 +31,18 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """The three splits; `validation` and `test` may be empty."""
+    """The three splits; `validation` and `test` may be empty. Sources that name their samples
+    (tables, image folders) also give the class names they found (`labels`), the learned table
+    preprocessing that ships in the model (`table`), each split's source rows or files
+    (`sources`) and the bad samples `data.on_error: skip` dropped (`skipped`)."""
 
     train: Split
     validation: Split
     test: Split
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    table: dict[str, Any] | None = None
+    sources: dict[str, list[Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
 
     def splits(self) -> dict[str, Split]:
         return {k: s for k, s in (("train", self.train), ("validation", self.validation),
@@ -137,9 +145,16 @@ def _named(arrays: dict[str, np.ndarray], inputs: list[str], outputs: list[str],
 
 
 def make_dataset(data: DataSpec, inputs: dict[str, InputSpec], outputs: list[str],
-                 spec_folder: str = ".") -> Dataset:
+                 spec_folder: str = ".", labels: dict[str, list[str]] | None = None
+                 ) -> Dataset:
     """Load a source and split it: a test split carved out unless the source has one, then a
-    validation split from the training part (both stratified, seeded by `data.seed`)."""
+    validation split from the training part (both stratified, seeded by `data.seed`).
+    `labels`: the class names the spec declares per output (tables and image folders check
+    their labels against them)."""
+    if data.source in ("csv", "parquet", "images"):
+        from nnspec.compiler.data.sources import named_dataset
+
+        return named_dataset(data, inputs, outputs, spec_folder, labels or {})
     return split_arrays(load_arrays(data, spec_folder), data, inputs, outputs,
                         data.path or data.source)
 
