@@ -1,0 +1,141 @@
+"""`source: images`: a folder with one subfolder per class (class names: the subfolders'
+names, sorted) or a CSV of path,label (paths relative to the CSV), decoded with Pillow to the
+image input's shape: grayscale or RGB from its channel count, uint8 pixels, resized (bilinear,
+as `nnspec predict` resizes) only when `data.resize: resize` asks for it."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from nnspec.spec.errors import DataError
+from nnspec.spec.schema import DataSpec, InputSpec
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MODES = {0: "L", 1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def layout(shape: Sequence[int | None], name: str) -> tuple[int, int | None, int | None, bool]:
+    """(channels, height, width, channels_first) of an image input (channels 0: no channel
+    axis), as `nnspec predict` reads images."""
+    if len(shape) == 2:
+        return 0, shape[0], shape[1], False
+    if len(shape) == 3 and shape[2] in (1, 3, 4):
+        return shape[2], shape[0], shape[1], False
+    if len(shape) == 3 and shape[0] in (1, 3, 4):
+        return shape[0], shape[1], shape[2], True
+    raise DataError(f"data.source images: input {name!r} of shape {tuple(shape)} is not an "
+                    "image (expected (H, W), (H, W, C) or (C, H, W) with C = 1, 3 or 4)")
+
+
+def list_images(path: str) -> tuple[list[str], list[str], list[str]]:
+    """(files, their labels, problems) of a class-folder tree or a path,label CSV."""
+    if os.path.isdir(path):
+        classes = sorted(d for d in os.listdir(path) if not d.startswith(".")
+                         and os.path.isdir(os.path.join(path, d)))
+        if not classes:
+            raise DataError(f"data.path: {path} has no class subfolders (one folder of images "
+                            "per class, named after the class)")
+        files, labels = [], []
+        for c in classes:
+            for f in sorted(os.listdir(os.path.join(path, c))):
+                if f.lower().endswith(SUFFIXES):
+                    files.append(os.path.join(path, c, f))
+                    labels.append(c)
+        return files, labels, []
+    files, labels, problems = [], [], []
+    folder = os.path.dirname(path)
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        if header[:2] != ["path", "label"]:
+            raise DataError(f"{path}: the first row must be the header path,label; got "
+                            f"{','.join(header)}")
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) < 2:
+                problems.append(f"{path}:{reader.line_num}: expected path,label, got {row}")
+                continue
+            files.append(os.path.join(folder, row[0].strip()))
+            labels.append(row[1].strip())
+    return files, labels, problems
+
+
+def decode(path: str, shape: Sequence[int | None], resize: bool, name: str) -> np.ndarray:
+    """One image as uint8 pixels in the input's layout. Raises `DataError` naming the file."""
+    from PIL import Image, ImageOps
+
+    channels, height, width, first = layout(shape, name)
+    try:
+        with Image.open(path) as opened:
+            opened.load()  # decode now: a truncated file fails here, not later
+            image = ImageOps.exif_transpose(opened).convert(MODES[channels])
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot read it as an image: {err}") from None
+    size = (width or image.width, height or image.height)
+    if image.size != size:
+        if not resize:
+            raise DataError(f"{path}: {image.width}x{image.height} pixels, input {name!r} "
+                            f"takes {size[0]}x{size[1]} (set data.resize: resize)")
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8)
+    if channels == 1:
+        pixels = pixels[..., None]
+    if first and channels:
+        pixels = np.moveaxis(pixels, -1, 0)
+    return pixels
+
+
+def image_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequence[str],
+                  spec_folder: str, labels: Mapping[str, list[str]]):  # -> Dataset
+    """An `images` source as a `Dataset` (one image input, one class output)."""
+    from nnspec.compiler.data.dataset import Dataset, Split, fit_input
+    from nnspec.compiler.data.sources import fail_or_skip, resolve, split_rows
+
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise DataError(f"data.source images feeds a model with one input and one output; "
+                        f"this one has inputs {list(inputs)} and outputs {list(outputs)}")
+    (name, spec), out = next(iter(inputs.items())), outputs[0]
+    path = resolve(data.path or "", spec_folder)
+    if not os.path.exists(path):
+        raise DataError(f"data.path: no such folder or file {path!r}")
+    files, found, listed = list_images(path)
+    declared = labels.get(out)
+    classes = list(declared) if declared else sorted(set(found))
+    index = {c: i for i, c in enumerate(classes)}
+    problems: list[tuple[int, str]] = [(-1 - i, m) for i, m in enumerate(listed)]
+    problems += [(i, f"{f}: label {c!r} is not one of outputs.{out}.labels {classes}")
+                 for i, (f, c) in enumerate(zip(files, found)) if c not in index]
+    pixels: dict[int, np.ndarray] = {}
+    sizes: dict[tuple[int, ...], str] = {}
+    for i, f in enumerate(files):
+        try:
+            pixels[i] = decode(f, spec.shape, data.resize == "resize", name)
+        except DataError as err:
+            problems.append((i, str(err)))
+            continue
+        sizes.setdefault(pixels[i].shape, f)
+    if len(sizes) > 1:  # free dimensions and no resize: the images must still stack
+        shown = ", ".join(f"{f} is {s}" for s, f in list(sizes.items())[:3])
+        raise DataError(f"images of mixed sizes ({shown}); set data.resize: resize and give "
+                        f"input {name!r} a fixed shape")
+    bad, skipped = fail_or_skip(data, problems, "image")
+    keep = [i for i in range(len(files)) if i not in bad]
+    if not keep:
+        raise DataError(f"data.path: {path} holds no usable images ({', '.join(SUFFIXES)})")
+    x = np.stack([pixels[i] for i in keep])
+    y = np.array([index[found[i]] for i in keep], np.int64)
+    rows = np.array(keep)
+    train, val, test = split_rows(data, y, rows)
+
+    def split(at: np.ndarray) -> Split:
+        return Split({name: fit_input(x[at], spec, name)}, {out: y[at]})
+
+    return Dataset(split(train), split(val), split(test), labels={out: classes},
+                   sources={k: [files[rows[i]] for i in v] for k, v in
+                            (("train", train), ("validation", val), ("test", test))},
+                   skipped=skipped)
