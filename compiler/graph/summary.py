@@ -29,13 +29,8 @@ def _sizes(tree: Any) -> int:
     return int(math.prod(tree.shape))
 
 
-def _kernel_macs(shape: tuple, variables: dict) -> int | None:
-    """Multiply-adds of a layer whose main weight is a `kernel` applied at every output
-    position (dense and convolutions): kernel size times the positions; None if unknown."""
-    kernel = variables.get("kernel")
-    if kernel is None or any(d is None for d in shape):
-        return None
-    return int(math.prod(kernel.shape)) * int(math.prod(shape[:-1]))
+def _shape(graph: Graph, name: str) -> tuple:
+    return tuple(graph.inputs[name].shape) if name in graph.inputs else graph.node(name).shape
 
 
 def summarize(graph: Graph) -> list[Row]:
@@ -54,8 +49,12 @@ def summarize(graph: Graph) -> list[Row]:
     for node in graph.nodes:
         own = params.get(node.name, {})
         frozen = sum(_sizes(c.get(node.name, {})) for c in others.values())
+        variables = {**{k: v for c in others.values() for k, v in c.get(node.name, {}).items()},
+                     **own}
+        macs = node.layer.macs(tuple(_shape(graph, i) for i in node.inputs), node.shape,
+                               variables)
         rows.append(Row(node.name, node.type, node.inputs, node.shape, _sizes(own), frozen,
-                        _kernel_macs(node.shape, own)))
+                        None if macs is None else int(macs)))
     return rows
 
 

@@ -57,6 +57,18 @@ class Recurrent(Layer):
     """Whether a bidirectional sequence output may come from one `direction="bidirectional"`
     operator; otherwise two forward operators, the second on the time-reversed sequence."""
 
+    def macs(self, inputs: tuple[Shape, ...], output: Shape, variables: dict[str, Any]
+             ) -> int | None:
+        """The matrix products of each step: gates x units x (features + units), per step and
+        direction (the gates' element-wise products are not counted; `return_sequences` does
+        not change the work)."""
+        steps, features = inputs[0]
+        if steps is None:
+            return None
+        gates = {"lstm": 4, "gru": 3}.get(self.type_name, 1)
+        directions = 2 if self.bidirectional else 1
+        return directions * steps * gates * self.units * (features + self.units)
+
     def infer(self, shape: Shape) -> Shape:
         if len(shape) != 2:
             hint = ("a vector has no time axis: reshape it to (time, features)" if len(shape) < 2

@@ -12,6 +12,7 @@ Flax and ONNX are imported inside the methods that need them.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -69,6 +70,22 @@ class Layer(BaseModel):
         """Emit ONNX nodes reading tensors `xs`; return the output tensor's name."""
         raise NotImplementedError
 
+    def macs(self, inputs: tuple[Shape, ...], output: Shape, variables: dict[str, Any]
+             ) -> int | None:
+        """Multiply-adds per sample, given the input and output shapes and the shapes of the
+        layer's variables (`variables[name].shape`, nested by submodule); None when they
+        cannot be counted (a free length) or the layer does none (activations, pooling,
+        reshapes). By default: a `kernel` applied at every output position (dense,
+        convolutions); else, for a layer with variables (the normalisations), one per output
+        value (the scale and shift they fold into at inference)."""
+        if any(d is None for d in output):
+            return None
+        positions = math.prod(output[:-1]) if output else 1
+        kernel = variables.get("kernel")
+        if kernel is not None:
+            return math.prod(kernel.shape) * positions
+        return math.prod(output) if variables else None
+
     @property
     def activation_name(self) -> str | None:
         """The element-wise activation this layer's `activation:` parameter names, if any."""
@@ -77,6 +94,12 @@ class Layer(BaseModel):
 
 
 REGISTRY: dict[str, type[Layer]] = {}
+
+
+def per_value_macs(output: Shape) -> int | None:
+    """One multiply-add per output value: what a normalisation costs at inference, where it
+    is a scale and a shift (None for a free length)."""
+    return None if any(d is None for d in output) else math.prod(output)
 
 
 def register(cls: type[Layer]) -> type[Layer]:

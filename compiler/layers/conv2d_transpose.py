@@ -8,6 +8,7 @@ reads explicit pairs as padding of the stride-dilated input instead; they are co
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +40,14 @@ class Conv2DTranspose(ConvBase):
         Example({"filters": 3, "kernel_size": 4, "strides": 2, "padding": [[1, 1], [2, 0]],
                  "use_bias": False}, ((3, 3, 2),), note="explicit crop"),
     )
+
+    def macs(self, inputs: tuple[Shape, ...], output: Shape, variables: dict[str, Any]
+             ) -> int | None:
+        """Every input position scatters the whole kernel: kernel size times input positions
+        (what the output keeps after padding does not change the work)."""
+        if any(d is None for d in inputs[0]):
+            return None
+        return math.prod(variables["kernel"].shape) * math.prod(inputs[0][:-1])
 
     def infer(self, shape: Shape) -> Shape:
         sizes = spatial_input(self, shape, self.ndim)

@@ -35,6 +35,10 @@ class Embedding(Layer):
                 extra={"int_high": 256}, note="byte ids"),
     )
 
+    def macs(self, inputs: tuple[Shape, ...], output: Shape, variables: dict[str, Any]
+             ) -> int | None:
+        return 0  # a table lookup: no multiply-adds
+
     def infer(self, shape: Shape) -> Shape:
         return (*shape, self.output_dim)
 

@@ -7,7 +7,14 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from nnspec.compiler.layers.base import Example, Layer, Shape, describe, register
+from nnspec.compiler.layers.base import (
+    Example,
+    Layer,
+    Shape,
+    describe,
+    per_value_macs,
+    register,
+)
 
 
 @register
@@ -32,6 +39,10 @@ class GroupNorm(Layer):
         Example({"groups": 4, "center": False}, ((8,),), note="vector"),
         Example({"groups": 1, "scale": False, "center": False}, ((3, 5),)),
     )
+
+    def macs(self, inputs: tuple[Shape, ...], output: Shape, variables: dict[str, Any]
+             ) -> int | None:
+        return per_value_macs(output)  # with or without a learnt scale and shift
 
     def infer(self, shape: Shape) -> Shape:
         channels = shape[-1]

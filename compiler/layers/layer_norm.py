@@ -6,7 +6,14 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from nnspec.compiler.layers.base import Example, Layer, Shape, describe, register
+from nnspec.compiler.layers.base import (
+    Example,
+    Layer,
+    Shape,
+    describe,
+    per_value_macs,
+    register,
+)
 
 
 @register
@@ -29,6 +36,10 @@ class LayerNorm(Layer):
         Example({"center": False}, ((2, 3, 5),), note="image"),
         Example({"scale": False, "center": False}, ((4, 7),)),
     )
+
+    def macs(self, inputs: tuple[Shape, ...], output: Shape, variables: dict[str, Any]
+             ) -> int | None:
+        return per_value_macs(output)  # with or without a learnt scale and shift
 
     def infer(self, shape: Shape) -> Shape:
         if shape[-1] is None:

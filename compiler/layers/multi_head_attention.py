@@ -95,6 +95,16 @@ class MultiHeadAttention(Layer):
     def head_value_dim(self) -> int:
         return self.value_dim or self.key_dim
 
+    def macs(self, inputs: tuple[Shape, ...], output: Shape, variables: dict[str, Any]
+             ) -> int | None:
+        """The four projections, the scores (q . k) and the weighted sum of the values."""
+        (tq, dq), (tk, dkv) = inputs[0], inputs[-1]
+        if tq is None or tk is None:
+            return None
+        h, dk, dv = self.num_heads, self.key_dim, self.head_value_dim
+        projections = tq * dq * h * dk + tk * dkv * h * (dk + dv) + tq * h * dv * dq
+        return projections + h * tq * tk * (dk + dv)
+
     def infer(self, *shapes: Shape) -> Shape:
         if len(shapes) not in (1, 2):
             raise ValueError(f"takes 1 input (self-attention) or 2 (query, then key/value). "

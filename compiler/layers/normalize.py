@@ -8,7 +8,14 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from nnspec.compiler.layers.base import Example, Layer, Shape, describe, register
+from nnspec.compiler.layers.base import (
+    Example,
+    Layer,
+    Shape,
+    describe,
+    per_value_macs,
+    register,
+)
 
 _module_cls = None
 
@@ -70,6 +77,10 @@ class Normalize(Layer):
     @property
     def adapt(self) -> bool:
         return self.mean is None
+
+    def macs(self, inputs: tuple[Shape, ...], output: Shape, variables: dict[str, Any]
+             ) -> int | None:
+        return per_value_macs(output)  # with or without a learnt scale and shift
 
     def infer(self, shape: Shape) -> Shape:
         for key in ("mean", "std"):
