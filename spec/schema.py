@@ -204,7 +204,8 @@ class ColumnSpec(SpecModel):
 
     columns: list[str] = Field(min_length=1, description="column names in the file, in order")
     type: Literal["auto", "numeric", "categorical"] = Field(
-        default="auto", description="auto: numeric when every value parses as a number")
+        default="auto", description="auto: numeric when 90% of the present values parse "
+        "as numbers (the others are reported as bad rows)")
     encoding: Literal["ids", "one_hot"] = Field(default="ids", description="categorical inputs")
     missing: Literal["fail", "mean", "mode", "constant", "oov"] | None = Field(
         default=None, description="empty/NA cells: fail (numeric default), the training mean, "

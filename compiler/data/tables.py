@@ -119,16 +119,21 @@ def read_parquet(path: str, needed: Sequence[str]) -> Table:
 
 
 def _is_numeric(cells: Sequence[Any]) -> bool:
+    """Numeric when at least 90% of the present cells parse as numbers: a few typos in a
+    numeric column are bad rows to report, not a reason to treat it as categories."""
     if isinstance(cells, np.ndarray):
         return True
+    present = parsed = 0
     for cell in cells:
         if rt.is_missing(cell):
             continue
+        present += 1
         try:
             float(cell)
+            parsed += 1
         except (TypeError, ValueError):
-            return False
-    return True
+            pass
+    return parsed >= 0.9 * present
 
 
 def resolve_types(columns: Mapping[str, ColumnSpec], table: Table) -> dict[str, str]:
@@ -163,11 +168,13 @@ def check_rows(columns: Mapping[str, ColumnSpec], kinds: Mapping[str, str], tabl
             if kinds[c] == "numeric":
                 values, bad = rt.numbers(cells, c, table.where)
                 problems += bad
+                unparsed = {i for i, _ in bad}
                 if is_output or _policy(entry, "numeric") == "fail":
                     problems += [(int(i), f"{table.where(int(i))}: column {c!r} is missing"
                                   + ("" if is_output else " (set data.columns."
                                      f"{name}.missing: mean, mode or constant to fill it)"))
-                                 for i in np.flatnonzero(np.isnan(values))]
+                                 for i in np.flatnonzero(np.isnan(values))
+                                 if int(i) not in unparsed]
                 continue
             if not is_output:
                 if _policy(entry, "categorical") == "fail":
