@@ -18,8 +18,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _suite_models import INPUT, SCALE, flax_module, synthetic, torch_module  # noqa: E402
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> float:
-    """Median seconds of one call (after one warm-up call)."""
-    fn()
+def timed(fn: Callable[[Any], Any], arg: Any, repeat: int) -> float:
+    """Median seconds of one call `fn(arg)` (after one warm-up call)."""
+    fn(arg)
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        fn()
+        fn(arg)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -79,7 +80,8 @@ def jax_export(model: str, path: Path) -> Callable:
     fast = jax.jit(fn)
     from jax2onnx import to_onnx
 
-    proto = to_onnx(fn, [jax.ShapeDtypeStruct((1, *INPUT[model]), np.uint8)],
+    shape = jax.export.symbolic_shape(", ".join(["B", *map(str, INPUT[model])]))
+    proto = to_onnx(fn, [jax.ShapeDtypeStruct(shape, np.uint8)],
                     model_name=f"bench_{model}")
     path.write_bytes(proto.SerializeToString())
     return lambda x: jax.block_until_ready(fast(x))
@@ -135,13 +137,15 @@ def main() -> None:
             for name in names[r % len(names):] + names[: r % len(names)]:
                 s, feed = sessions[name]
                 entry = result["onnx"][name]
-                entry["latency_ms"].append(1e3 * timed(lambda: s.run(None, {feed: x1}),
-                                                       args.repeat))
-                entry["per_s"].append(args.big / timed(lambda: s.run(None, {feed: xb}), 10))
+                def call(x: np.ndarray, s: Any = s, feed: str = feed) -> Any:
+                    return s.run(None, {feed: x})
+
+                entry["latency_ms"].append(1e3 * timed(call, x1, args.repeat))
+                entry["per_s"].append(args.big / timed(call, xb, 10))
         for name, run in natives.items():
             result["native"][name] = {
-                "latency_ms": [1e3 * timed(lambda: run(x1), args.repeat)],
-                "per_s": [args.big / timed(lambda: run(xb), 10)]}
+                "latency_ms": [1e3 * timed(run, x1, args.repeat)],
+                "per_s": [args.big / timed(run, xb, 10)]}
     Path(args.json).write_text(json.dumps(result, default=float))
 
 

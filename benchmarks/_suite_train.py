@@ -91,7 +91,6 @@ def run_flax(args: argparse.Namespace, fused: bool) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
     import optax
-
     from _suite_models import flax_module
 
     x, y, xt, yt = load(args)
@@ -118,7 +117,7 @@ def run_flax(args: argparse.Namespace, fused: bool) -> dict[str, Any]:
     seconds = []
     carry = jax.block_until_ready(one(carry, batches[0][0]))  # first step (compiles)
     first = time.perf_counter() - t0
-    for e, idx in enumerate(batches):
+    for idx in batches:
         t = time.perf_counter()
         if fused:
             carry = epoch(carry, idx)
@@ -137,7 +136,6 @@ def run_flax(args: argparse.Namespace, fused: bool) -> dict[str, Any]:
 
 def run_keras(args: argparse.Namespace) -> dict[str, Any]:
     import keras
-
     from _suite_models import keras_model
 
     x, y, xt, yt = load(args)
@@ -170,7 +168,6 @@ def run_keras(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_torch(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-
     from _suite_models import torch_input, torch_module
 
     torch.manual_seed(0)
