@@ -219,16 +219,6 @@ class _Progress:
             self.progress.console.print(line)
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from nnspec.runtime import load
-    from nnspec.runtime.inputs import read_inputs, write_predictions
-
-    model = load(args.model)
-    outputs = model.predict(read_inputs(args.input, model))
-    write_predictions(outputs, model.labels, args.format, sys.stdout, model=args.model)
-    return EXIT_OK
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnspec", description="Describe a neural network in YAML; train it with Flax and "
@@ -287,19 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help=".dot, .svg, .png or .pdf")
     p.add_argument("--set", **overrides)
     p.set_defaults(func=cmd_graph)
-
-    p = verbs.add_parser("predict", help="run an exported model (numpy + onnxruntime only)",
-                         description="Run an exported ONNX model on samples from .npy, "
-                         ".npz, .csv or image files and print the outputs as JSON or CSV.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--input", required=True, action="extend", nargs="+", metavar="FILE",
-                   help=".npy batch (or one sample), .npz with one array per input, .csv (one "
-                   "sample per row, optional header) or .png/.jpg/.jpeg images; several files "
-                   "(or --input repeated) are concatenated along the batch axis")
-    p.add_argument("--format", choices=("json", "csv"), default="json",
-                   help="json (default): every output; csv: one row per sample (class, label, "
-                   "probabilities)")
-    p.set_defaults(func=cmd_predict)
 
     import importlib
     import pkgutil

@@ -18,6 +18,28 @@ class InputError(ValueError):
     """Input that does not fit the model: named, with the shape or dtype it expected."""
 
 
+class UsageError(InputError):
+    """Bad command-line input to a runtime command (exit code 2, as for bad input data)."""
+
+
+MODEL_FILE = "model.onnx"
+
+
+def model_path(path: str | os.PathLike) -> str:
+    """The ONNX file a command was given: the file itself, or `model.onnx` inside a run
+    directory (`nnspec bench runs/quickstart`). Raises FileNotFoundError naming both."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        inside = os.path.join(path, MODEL_FILE)
+        if not os.path.isfile(inside):
+            raise FileNotFoundError(f"no {MODEL_FILE} in the directory {path!r} (give a run "
+                                    "directory written by `nnspec train`, or an .onnx file)")
+        return inside
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model file at {path!r}")
+    return path
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """A model input or output: name, per-sample shape (None for free) and numpy dtype."""
@@ -38,9 +60,7 @@ class Model:
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime as ort
 
-        self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(f"no model file at {self.path!r}")
+        self.path = model_path(path)
         from nnspec.runtime.safety import check_model_file
 
         check_model_file(self.path)  # external data outside the folder; onnx.checker
@@ -107,5 +127,6 @@ class Model:
 
 
 def load(path: str | os.PathLike, threads: int | None = None) -> Model:
-    """Load an exported model for inference."""
+    """Load an exported model (an .onnx file, or a run directory holding model.onnx) for
+    inference."""
     return Model(path, threads)
