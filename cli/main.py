@@ -18,74 +18,59 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from nnspec import __version__
+from nnspec.spec.errors import UsageError  # re-exported: the verbs raise it
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-class UsageError(ValueError):
-    """Bad command-line input (exit code 2)."""
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from nnspec.compiler.graph.ir import check_spec
+    import nnspec
     from nnspec.spec.errors import SpecError
 
     problems = []
     for path in args.specs:
         try:
-            _, graph = check_spec(path, args.set)
+            spec = nnspec.load(path, args.set).validate()
         except SpecError as err:
             problems += err.problems
             continue
-        outs = ", ".join(f"{k} {tuple(graph.node(v).shape)}" for k, v in graph.outputs.items())
-        print(f"{path}: ok ({len(graph.nodes)} nodes; outputs: {outs})")
+        outs = ", ".join(f"{k} {shape}" for k, shape in spec.outputs.items())
+        print(f"{path}: ok ({len(spec.graph.nodes)} nodes; outputs: {outs})")
+        for out, loss in spec.losses().items():
+            print(f"  {out}: loss: {loss}")
     if problems:
         raise SpecError(problems)
     return EXIT_OK
 
 
-def _join_processes(args: argparse.Namespace) -> bool | None:
-    """Join a multi-process run when asked: None for a run of one process, else whether this
-    is the process that reports (process 0)."""
-    explicit = (args.coordinator, args.num_processes, args.process_id)
-    if not args.distributed and all(v is None for v in explicit):
-        return None
-    if not args.distributed and any(v is None for v in explicit):
-        raise UsageError("--coordinator, --num-processes and --process-id go together (or use "
-                        f"--distributed); received: coordinator={args.coordinator}, "
-                        f"num_processes={args.num_processes}, process_id={args.process_id}")
-    if args.num_processes is not None and not 0 <= (args.process_id or 0) < args.num_processes:
-        raise UsageError(f"--process-id must be in [0, {args.num_processes}). Received: "
-                        f"process_id={args.process_id}")
-    from nnspec.compiler.train.distributed import initialize, is_primary
-
-    try:
-        initialize(args.coordinator, args.num_processes, args.process_id)
-    except (RuntimeError, ValueError) as err:
-        hint = (" (--distributed reads the address from a SLURM, Open MPI, Kubernetes or Cloud "
-                "TPU environment; elsewhere give --coordinator, --num-processes and "
-                "--process-id)") if args.distributed else ""
-        raise UsageError(f"could not join the other processes: {err}{hint}") from None
-    return is_primary()
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from nnspec.compiler.graph.ir import check_spec
+    import nnspec
 
-    loaded, _ = check_spec(args.spec, args.set)  # every spec error before JAX is imported
-    out = args.out or os.path.join("runs", loaded.spec.name)
-    primary = _join_processes(args)
-    from nnspec.compiler.run import train_run
-
+    spec = nnspec.load(args.spec, args.set).validate()  # every spec error before JAX loads
+    out = args.out or os.path.join("runs", spec.name)
+    primary = nnspec.join_processes(args.coordinator, args.num_processes, args.process_id,
+                                    args.distributed)
     if primary is None:
-        return _train(args, loaded, out, train_run)
+        return _report(nnspec.train(spec, out, callbacks=_display(args), resume=args.resume))
     with _stdout_to_stderr():  # gloo (CPU collectives) prints its handshakes on stdout
         if not primary:  # the other processes train in silence; process 0 reports
-            train_run(loaded, out, lambda s: None, resume=args.resume)
+            nnspec.train(spec, out, resume=args.resume)
             return EXIT_OK
-        result = train_run(loaded, out, lambda s: None if args.quiet else print(
-            s, file=sys.stderr, flush=True), resume=args.resume)
-    return _report(out, result)
+        callbacks = [] if args.quiet else [nnspec.EpochLines()]
+        run = nnspec.train(spec, out, callbacks=callbacks, resume=args.resume)
+    return _report(run)
+
+
+def _display(args: argparse.Namespace) -> list[Any]:
+    """How a run shows itself: nothing with -q, a progress bar on a terminal, plain lines in
+    logs and CI."""
+    import nnspec
+
+    if args.quiet:
+        return []
+    return [nnspec.ProgressBar() if sys.stderr.isatty() else nnspec.EpochLines()]
 
 
 @contextlib.contextmanager
@@ -103,24 +88,12 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _train(args: argparse.Namespace, loaded: Any, out: str, train_run: Any) -> int:
-    if args.quiet:
-        result = train_run(loaded, out, lambda s: None, resume=args.resume)
-    elif sys.stderr.isatty():
-        with _Progress(loaded.spec.train.epochs if loaded.spec.train else 1) as log:
-            result = train_run(loaded, out, log, resume=args.resume, progress=log.step)
-    else:  # logs and CI: one plain line per epoch, no bar
-        result = train_run(loaded, out, lambda s: print(s, file=sys.stderr, flush=True),
-                           resume=args.resume)
-    return _report(out, result)
-
-
-def _report(out: str, result: Any) -> int:
-    summary = {split: m for split, m in result.metrics.items() if split != "training"}
-    print(json.dumps({"out": out, "metrics": summary,
-                      "samples_per_second": round(result.metrics["training"]
-                                                  ["samples_per_second"], 1),
-                      "parity": {k: result.parity[k] for k in ("passed", "max_abs_diff")}},
+def _report(run: Any) -> int:
+    metrics, parity = run.metrics, run.parity
+    summary = {split: m for split, m in metrics.items() if split != "training"}
+    print(json.dumps({"out": run.path, "metrics": summary,
+                      "samples_per_second": round(metrics["training"]["samples_per_second"], 1),
+                      "parity": {k: parity[k] for k in ("passed", "max_abs_diff")}},
                      indent=2))
     return EXIT_OK
 
@@ -128,19 +101,21 @@ def _report(out: str, result: Any) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from nnspec.compiler.graph.ir import check_spec
-    from nnspec.compiler.graph.summary import render, summarize
+    import nnspec
 
-    _, graph = check_spec(args.spec, args.set)
-    Console(width=max(130, Console().width)).print(render(graph, summarize(graph)))
+    spec = nnspec.load(args.spec, args.set)
+    losses = spec.validate().losses()
+    Console(width=max(130, Console().width)).print(spec.summary().table())
+    for out, loss in losses.items():
+        print(f"{out}: loss: {loss}")
     return EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    import nnspec
     from nnspec._io import write_text
-    from nnspec.compiler.graph.schema import spec_schema
 
-    text = json.dumps(spec_schema(), indent=2) + "\n"
+    text = json.dumps(nnspec.schema(), indent=2) + "\n"
     if args.out:
         write_text(args.out, text)
     else:
@@ -152,12 +127,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
+    import nnspec
     from nnspec._io import write_bytes, write_text
-    from nnspec.compiler.graph.ir import check_spec
-    from nnspec.compiler.graph.picture import to_dot
 
-    _, graph = check_spec(args.spec, args.set)
-    dot = to_dot(graph)
+    dot = nnspec.load(args.spec, args.set).validate().to_dot()
     if not args.out or args.out.endswith(".dot"):
         if args.out:
             write_text(args.out, dot)
@@ -174,49 +147,6 @@ def cmd_graph(args: argparse.Namespace) -> int:
                               check=True).stdout
     write_bytes(args.out, rendered)
     return EXIT_OK
-
-
-class _Progress:
-    """A progress bar over epochs on a terminal (rich), with the latest metrics beside it."""
-
-    def __init__(self, epochs: int):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 TextColumn("{task.description}"),
-                                 console=Console(stderr=True))
-        self.task = self.progress.add_task("", total=epochs)
-
-    def __enter__(self) -> _Progress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def step(self, info: dict) -> None:
-        """Within an epoch: the step, the running loss and the speed."""
-        running = "  ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items())
-        self.progress.update(self.task, completed=info["epoch"] - 1, description=(
-            f"step {info['step']}/{info['steps']}  {running}  "
-            f"{info['samples_per_second']:,.0f} samples/s"))
-
-    def __call__(self, line: str) -> None:
-        if line.startswith("epoch ") and "/" in line.split()[1]:
-            done = int(line.split()[1].split("/")[0])
-            rest = line.split(None, 2)[2] if len(line.split(None, 2)) > 2 else ""
-            self.progress.update(self.task, completed=done, description=rest)
-        else:
-            self.progress.console.print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,7 +227,7 @@ def _exit_code(err: BaseException) -> tuple[int, str]:
         return EXIT_BAD_INPUT, str(err)
     if isinstance(err, DataError | UsageError):
         return EXIT_BAD_INPUT, f"error: {err}"
-    train = sys.modules.get("nnspec.compiler.train.engine")
+    train = sys.modules.get("nnspec.compiler.train.engine")  # loaded only if training ran
     if train and isinstance(err, train.NonFiniteError):
         return EXIT_NONFINITE, f"error: {err}"
     if train and isinstance(err, train.Interrupted):

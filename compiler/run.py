@@ -104,17 +104,28 @@ def _ignore(*args: Any) -> None:
     return None
 
 
-def _prepare(loaded: LoadedSpec) -> tuple[Graph, Any, Dataset]:
+def _both(record: Callable[[dict], Any], caller: Callable[[dict], bool | None] | None
+          ) -> Callable[[dict], bool]:
+    """Record an epoch, then ask the caller whether to stop (True stops after it)."""
+    def on_epoch(row: dict) -> bool:
+        record(row)
+        return bool(caller(dict(row))) if caller else False
+
+    return on_epoch
+
+
+def _prepare(loaded: LoadedSpec, data: Dataset | None = None) -> tuple[Graph, Any, Dataset]:
     spec = loaded.spec
     for section in ("data", "train"):
-        if getattr(spec, section) is None:
+        if getattr(spec, section) is None and not (section == "data" and data is not None):
             raise SpecError.at(loaded.doc.source.locate(()), f"`{section}` section is required "
                                "to train")
     graph = build_graph(loaded)
     from nnspec.compiler.train.heads import resolve_heads
 
     heads = resolve_heads(loaded, graph)
-    data = make_dataset(spec.data, spec.inputs, list(graph.outputs), loaded.folder,
+    if data is None:
+        data = make_dataset(spec.data, spec.inputs, list(graph.outputs), loaded.folder,
                             labels={k: o.labels for k, o in (spec.outputs or {}).items()
                                     if o.labels})
     return graph, heads, data
@@ -141,14 +152,17 @@ def _plots(out_dir: str, graph: Graph, loaded: LoadedSpec, result: Any, heads: l
 
 
 def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lambda s: None,
-              resume: bool = False, progress: Callable[[dict], None] | None = None
-              ) -> RunResult:
+              resume: bool = False, progress: Callable[[dict], None] | None = None,
+              on_epoch: Callable[[dict], bool | None] | None = None,
+              data: Dataset | None = None, source: bytes | None = None) -> RunResult:
     """Train the spec's model, export it to ONNX, cross-check the export and write the run
-    directory. Raises `SpecError`/`DataError` for bad input, `ParityError` when the export
+    directory. `on_epoch` sees each epoch's record and returns True to stop after it; `data`
+    replaces the spec's source; `source` is the spec's text when it is not a file. Raises
+    `SpecError`/`DataError` for bad input, `ParityError` when the export
     does not reproduce the trained model, `NonFiniteError` when the loss diverges and
     `Interrupted` after SIGINT/SIGTERM (with a checkpoint saved)."""
     spec = loaded.spec
-    graph, heads, data = _prepare(loaded)
+    graph, heads, data = _prepare(loaded, data)
     log(f"data: {len(data.train)} train, {len(data.validation)} validation, "
         f"{len(data.test)} test samples")
     if data.skipped:  # data.on_error: skip
@@ -167,8 +181,9 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
 
     primary = is_primary()  # with several processes, process 0 alone writes the run directory
     os.makedirs(out_dir, exist_ok=True)
-    with open(loaded.file, "rb") as fh:
-        source = fh.read()
+    if source is None:
+        with open(loaded.file, "rb") as fh:
+            source = fh.read()
     resolved = resolved_spec(loaded, graph)
     if primary:
         write_bytes(os.path.join(out_dir, "spec.yaml"), source)
@@ -191,7 +206,8 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
     records = EpochRecords(out_dir) if primary else None
     try:
         with _StopFlag() as stop:
-            result = trainer.fit(data, log, on_epoch=records.add if records else _ignore,
+            result = trainer.fit(data, log, on_epoch=_both(records.add if records else _ignore,
+                                                           on_epoch),
                                  checkpoints=checkpoints, resume=resume, stop=stop,
                                  initial=initial, on_resume=records.reset if records else
                                  _ignore, progress=progress)

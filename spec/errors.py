@@ -50,3 +50,8 @@ class SpecError(ValueError):
 
 class DataError(ValueError):
     """Data named by a spec is missing or does not fit the model (bad input: exit code 2)."""
+
+
+class UsageError(ValueError):
+    """A call or command line asks for something that cannot be done as given (bad input: exit
+    code 2), e.g. a missing file or options that go together given alone."""

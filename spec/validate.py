@@ -181,6 +181,8 @@ class LoadedSpec:
 
     spec: Spec
     doc: Document
+    base: str | None = None
+    """Where relative paths point when the spec is not a file (`Spec.from_dict`)."""
 
     @property
     def file(self) -> str:
@@ -188,6 +190,8 @@ class LoadedSpec:
 
     @property
     def folder(self) -> str:
+        if self.base is not None:
+            return os.path.abspath(self.base)
         return os.path.dirname(os.path.abspath(self.doc.file)) if os.path.exists(
             self.doc.file) else os.getcwd()
 

@@ -70,16 +70,21 @@ def test_typed_overrides(capsys):
 
 
 def test_progress_bar_shows_the_step_running_metrics_and_speed():
-    from nnspec.main import _Progress
+    from nnspec import ProgressBar
 
-    with _Progress(3) as bar:
-        bar.step({"epoch": 2, "epochs": 3, "step": 5, "steps": 11, "samples_per_second": 1234.5,
-                  "metrics": {"loss": 0.25, "accuracy": 0.5}})
+    bar = ProgressBar()
+    bar.on_train_begin({"epochs": 3})
+    try:
+        bar.on_step({"epoch": 2, "epochs": 3, "step": 5, "steps": 11,
+                     "samples_per_second": 1234.5, "metrics": {"loss": 0.25, "accuracy": 0.5}})
         task = bar.progress.tasks[0]
         assert task.completed == 1
         assert task.description == "step 5/11  loss 0.2500  accuracy 0.5000  1,234 samples/s"
-        bar("epoch 2/3  loss 0.2000  accuracy 0.9000  learning_rate 0.0010  900 samples/s")
+        bar.on_log("epoch 2/3  loss 0.2000  accuracy 0.9000  learning_rate 0.0010  900 samples/s")
         assert task.completed == 2 and task.description.startswith("loss 0.2000")
+    finally:
+        bar.on_train_end(None)
+    assert bar.progress is None
 
 
 def test_cpu_flag_is_added_only_when_jaxlib_knows_it_and_the_user_did_not_set_it(monkeypatch):

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from nnspec.main import EXIT_FAILURE, EXIT_OK, UsageError
+from nnspec.main import EXIT_FAILURE, EXIT_OK
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -37,17 +37,12 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    if not 0 <= args.max_drop <= 1:
-        raise UsageError(f"--max-drop: a fraction of accuracy in [0, 1] (0.01 is one point), "
-                         f"not {args.max_drop}")
-    if args.calibration_samples < 1:
-        raise UsageError(f"--calibration-samples: at least 1, not {args.calibration_samples}")
-    from nnspec.compiler.export.quantize import quantize_and_gate
+    import nnspec
 
-    report = quantize_and_gate(args.model, args.method, args.max_drop, args.out,
-                               data_folder=args.data_folder,
-                               calibration_samples=args.calibration_samples,
-                               per_channel=not args.per_tensor)
+    report = nnspec.quantize(args.model, args.method, args.max_drop, args.out,
+                             data_folder=args.data_folder,
+                             calibration_samples=args.calibration_samples,
+                             per_channel=not args.per_tensor)
     print(json.dumps(report, indent=2))
     if not args.quiet:
         print(_summary(report), file=sys.stderr)

@@ -314,12 +314,18 @@ def layer_problems(doc: Document) -> list[Problem]:
 
 def check_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[LoadedSpec, Graph]:
     """Load, override, validate and build a spec file, reporting every problem at once."""
-    doc = load_file(path)
+    return check_document(load_file(path), overrides)
+
+
+def check_document(doc: Document, overrides: Sequence[str] = (), folder: str | None = None
+                   ) -> tuple[LoadedSpec, Graph]:
+    """Override, validate and build a loaded document, reporting every problem at once;
+    `folder` is where its relative paths point (default: the file's folder)."""
     if overrides and isinstance(doc.data, dict):
         apply_overrides(doc, overrides)
     try:
         spec = validate_document(doc)
     except SpecError as err:
         raise SpecError(err.problems + layer_problems(doc)) from None
-    loaded = LoadedSpec(spec, doc)
+    loaded = LoadedSpec(spec, doc, folder)
     return loaded, build_graph(loaded)

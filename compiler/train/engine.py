@@ -341,7 +341,7 @@ class Trainer:
                            f"{where}")
 
     def fit(self, data: Dataset, log: Callable[[str], None] = lambda s: None,
-            on_epoch: Callable[[dict], None] = lambda row: None, checkpoints: Any = None,
+            on_epoch: Callable[[dict], bool | None] = lambda row: None, checkpoints: Any = None,
             resume: bool = False, stop: Callable[[], bool] = lambda: False,
             initial: dict[str, Any] | None = None,
             on_resume: Callable[[list], None] = lambda history: None,
@@ -520,8 +520,11 @@ class Trainer:
                 plateau.wait = 0
                 log(f"reduce_on_plateau: learning rate x{scale:g}")
             history.append(row)
-            on_epoch(row)
+            asked = on_epoch(row)
             log(_epoch_line(row, spec.epochs, n / elapsed if elapsed else 0.0))
+            if asked and not stopped:  # a callback asked to stop: end as early stopping does
+                stopped = epoch
+                log(f"stopped at epoch {epoch}: a callback asked to stop")
             if watch and watch.wait > early.patience:
                 stopped = epoch
                 log(f"early stopping at epoch {epoch}: {early.monitor} last improved at "
