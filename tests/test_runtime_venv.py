@@ -1,6 +1,7 @@
-"""What a device installs: a clean virtual environment with only numpy, onnxruntime and nnspec
-(`pip install --no-deps`, not editable) runs `nnspec predict`, `nnspec check` and `nnspec bench`
-on a model exported by `nnspec train`, and refuses an unsafe one (without the onnx package)."""
+"""What a device installs: the runtime-only distribution (`pip install ./runtime`, the wheel
+`nnspec-runtime`) in a clean virtual environment, which pulls numpy and onnxruntime and nothing
+else of ours (no JAX, Flax, onnx...), runs `nnspec-runtime predict`, `check` and `bench` on a
+model exported by `nnspec train` (or its run directory), and refuses an unsafe one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,9 @@ NETWORK_TROUBLE = ("No matching distribution", "Could not find a version", "NewC
                    "Failed to establish", "Temporary failure in name resolution",
                    "Network is unreachable", "ProxyError", "Max retries exceeded",
                    "Connection refused", "SSLError", "ReadTimeoutError")
-# What the wheel is built from (pyproject.toml maps these folders).
-SOURCES = ("pyproject.toml", "README.md", "cli", "spec", "compiler", "runtime")
+WHEEL_LIMIT = 200 * 1024  # bytes: the runtime is a few modules and the page's assets
+ABSENT = ("jax", "flax", "optax", "orbax", "onnx", "yaml", "pydantic", "rich", "tract",
+          "starlette", "nnspec.compiler", "nnspec.spec", "nnspec.commands")
 
 
 def _env() -> dict[str, str]:
@@ -42,35 +45,63 @@ def _pip(python: Path, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def device(tmp_path_factory) -> Path:
-    """bin/ of a fresh venv holding numpy, onnxruntime and nnspec, nothing else of ours."""
+def runtime_wheel(tmp_path_factory) -> Path:
+    """The nnspec-runtime wheel, built from a copy of runtime/ (the build writes nothing into
+    the working tree)."""
+    base = tmp_path_factory.mktemp("runtime-wheel")
+    source = base / "runtime"
+    shutil.copytree(ROOT / "runtime", source, ignore=shutil.ignore_patterns(
+        "__pycache__", "*.pyc", "build", "*.egg-info", "node_modules"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                             "--no-build-isolation", "-q", "-w", str(base / "dist"),
+                             str(source)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (base / "dist").glob("nnspec_runtime-*.whl")
+    return wheel
+
+
+def test_runtime_wheel_holds_the_runtime_only(runtime_wheel, record_property):
+    size = runtime_wheel.stat().st_size
+    record_property("runtime_wheel_bytes", size)
+    print(f"\n{runtime_wheel.name}: {size} bytes ({size / 1024:.1f} KB)")
+    names = zipfile.ZipFile(runtime_wheel).namelist()
+    ours = [n for n in names if ".dist-info/" not in n]
+    assert ours and all(n.startswith("nnspec/runtime/") for n in ours), ours
+    modules = {Path(n).name for n in ours}
+    assert {"model.py", "cli.py", "serve.py", "app.mjs", "package-lock.json"} <= modules
+    assert size < WHEEL_LIMIT, f"{runtime_wheel.name} is {size} bytes"
+    meta = next(n for n in names if n.endswith("METADATA"))
+    requires = [line.split(":", 1)[1].strip() for line in
+                zipfile.ZipFile(runtime_wheel).read(meta).decode().splitlines()
+                if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert sorted(r.split(">")[0] for r in requires) == ["numpy", "onnxruntime"], requires
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "nnspec-runtime = nnspec.runtime.cli:run" in zipfile.ZipFile(runtime_wheel).read(
+        entry).decode()
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory, runtime_wheel) -> Path:
+    """bin/ of a fresh venv holding the runtime wheel and what it pulls: numpy, onnxruntime."""
     base = tmp_path_factory.mktemp("device")
     subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True,
                    env=_env(), timeout=300)
     bin_dir = base / "venv" / ("Scripts" if os.name == "nt" else "bin")
-    python = bin_dir / "python"
-    _pip(python, "numpy", "onnxruntime")
-    # Build from a copy, so the build writes nothing into the working tree.
-    source = base / "src"
-    for name in SOURCES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            source.mkdir(exist_ok=True)
-            shutil.copy(ROOT / name, source / name)
-    _pip(python, "--no-deps", str(source))
-    absent = subprocess.run([str(python), "-c", "import importlib.util as u; print([m for m in "
-                             "('jax', 'flax', 'optax', 'onnx', 'yaml', 'pydantic', 'rich', "
-                             "'tract') if u.find_spec(m)])"],
+    _pip(bin_dir / "python", str(runtime_wheel))
+    absent = subprocess.run([str(bin_dir / "python"), "-c",
+                             "import importlib.util as u\n"
+                             "def found(m):\n"
+                             "    try:\n        return u.find_spec(m) is not None\n"
+                             "    except ImportError:\n        return False\n"
+                             f"print([m for m in {ABSENT!r} if found(m)])"],
                             capture_output=True, text=True, env=_env(), cwd=base)
     assert absent.stdout.strip() == "[]", absent.stdout + absent.stderr
     return bin_dir
 
 
 def nnspec(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(bin_dir / "nnspec"), *args], capture_output=True, text=True,
-                          env=_env(), cwd=cwd, timeout=300)
+    return subprocess.run([str(bin_dir / "nnspec-runtime"), *args], capture_output=True,
+                          text=True, env=_env(), cwd=cwd, timeout=300)
 
 
 def test_predict_check_and_bench_on_a_device(device, small_run, tmp_path):
@@ -84,6 +115,10 @@ def test_predict_check_and_bench_on_a_device(device, small_run, tmp_path):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)["outputs"]["output"]
     assert out["shape"] == [100, 10] and np.mean(np.array(out["class"]) == y) > 0.85
+    by_dir = nnspec(device, "predict", str(run), "--input", str(tmp_path / "x.npy"),
+                    cwd=tmp_path)  # the run directory stands for its model.onnx
+    assert by_dir.returncode == 0 and json.loads(by_dir.stdout)["outputs"] == json.loads(
+        result.stdout)["outputs"], by_dir.stderr
 
     result = nnspec(device, "check", model, "--runtimes", "onnxruntime", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -103,3 +104,18 @@ def test_concurrent_requests_are_batched(served):
     assert requests == len(samples)
     assert runs < requests and after["merged_requests"] > before["merged_requests"], after
     assert after["largest_run"] > 1
+
+
+def test_load_benchmark_runs_quick(small_run, tmp_path):
+    """benchmarks/serve_load.py end to end at a tiny size (no timing asserted)."""
+    run, _ = small_run
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"),
+                             "--quick", "--model", str(run), "--json", str(tmp_path / "r.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    for mode in ("batch 1", "batching"):
+        r = doc["results"][mode]
+        assert r["lost"] == 0 and r["answered"] == 64 and r["burst"]["serving_after"]
+        assert r["burst"]["refused_4xx"] == r["burst"]["malformed"] == 16
+    assert doc["results"]["batch 1"]["onnxruntime_runs"] == 64

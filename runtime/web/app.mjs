@@ -210,7 +210,8 @@ function render(result) {
       });
     } else if (out.shape.length === 0 && got.data.length === 1) {  // a class index
       const [v] = got.data, labels = (state.config.outputs.find((o) => o.labels) || {}).labels;
-      const named = labels && Number.isInteger(v) && labels[v] !== undefined ? ` (${labels[v]})` : '';
+      const name = labels && Number.isInteger(v) ? labels[v] : undefined;
+      const named = name !== undefined && name !== String(v) ? ` (${name})` : '';
       box.append(Object.assign(document.createElement('div'), { textContent: `${v}${named}` }));
     } else {
       const text = got.data.length <= 16 ? JSON.stringify(got.data)
