@@ -82,7 +82,9 @@ def mae(out: jax.Array, logits: jax.Array | None, y: jax.Array, spec: LossSpec) 
 
 def huber(out: jax.Array, logits: jax.Array | None, y: jax.Array, spec: LossSpec) -> jax.Array:
     """Huber loss: squared below `delta`, linear above (Keras' definition)."""
-    return _per_sample(optax.huber_loss(out, _regression_target(out, y), spec.delta), len(y))
+    # `delta` is keyword-only in optax: passed by position, every huber spec failed to train.
+    per = optax.huber_loss(out, _regression_target(out, y), delta=spec.delta)
+    return _per_sample(per, len(y))
 
 
 LOSSES: dict[str, LossFn] = {
