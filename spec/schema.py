@@ -23,7 +23,7 @@ METRICS = ("accuracy", "top_k_accuracy", "precision", "recall", "f1", "auc", "ma
 Metric = Literal["accuracy", "top_k_accuracy", "precision", "recall", "f1", "auc", "mae",
                  "rmse", "r2"]
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-DATA_SOURCES = ("digits", "mnist", "fashion_mnist", "npz", "csv", "parquet", "images")
+DATA_SOURCES = ("digits", "mnist", "fashion_mnist", "npz", "npy", "csv", "parquet", "images")
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 21, 21
 
 
@@ -229,12 +229,14 @@ class DataSpec(SpecModel):
 
     `digits` ships with nnspec; `mnist` and `fashion_mnist` download once (checksummed) into a
     cache; `npz` reads `x`/`y` (or `x_train`/`y_train`/`x_test`/`y_test`) from `path`, relative
-    to the spec file. `csv` and `parquet` read a table whose `columns` map to the inputs and
-    outputs by name; `images` reads a folder with one subfolder per class (or a CSV of
-    path,label), decoded with Pillow to each image input's shape.
+    to the spec file; `npy` memory-maps a folder of `NAME.npy` files (one per input and
+    output; for sets larger than memory, streamed). `csv` and `parquet` read a table whose
+    `columns` map to the inputs and outputs by name; `images` reads a folder with one
+    subfolder per class (or a CSV of path,label), decoded with Pillow to each image input's
+    shape.
     """
 
-    source: Literal["digits", "mnist", "fashion_mnist", "npz", "csv", "parquet", "images"]
+    source: Literal["digits", "mnist", "fashion_mnist", "npz", "npy", "csv", "parquet", "images"]
     path: str | None = None
     columns: dict[Name, ColumnSpec | list[str] | str] | None = Field(
         default=None, description="csv/parquet: the columns of each input and output, by name "
@@ -259,7 +261,7 @@ class DataSpec(SpecModel):
 
     @model_validator(mode="after")
     def _path_for_npz(self) -> DataSpec:
-        if self.source in ("npz", "csv", "parquet", "images") and not self.path:
+        if self.source in ("npz", "npy", "csv", "parquet", "images") and not self.path:
             raise ValueError(f"`path` is required when source is {self.source!r}")
         if self.source in ("csv", "parquet") and not self.columns:
             raise ValueError(f"`columns` is required when source is {self.source!r}: the "

@@ -151,6 +151,10 @@ def make_dataset(data: DataSpec, inputs: dict[str, InputSpec], outputs: list[str
     validation split from the training part (both stratified, seeded by `data.seed`).
     `labels`: the class names the spec declares per output (tables and image folders check
     their labels against them)."""
+    if data.source == "npy":
+        from nnspec.compiler.data.mapped import mapped_dataset
+
+        return mapped_dataset(data, inputs, outputs, spec_folder)
     if data.source in ("csv", "parquet", "images"):
         from nnspec.compiler.data.sources import named_dataset
 

@@ -1,0 +1,139 @@
+"""`source: npy`: a directory of `.npy` files, one per input and output (`NAME.npy`, and
+optionally `NAME_test.npy`), memory-mapped instead of loaded, so a training set larger than
+memory streams from disk (`train.pipeline: stream`, chosen by `auto` when the set is large).
+
+The arrays are plain numpy arrays over a read-only `mmap`, so the training loop gathers its
+batches by index exactly as from arrays in memory (same order, same bits, same `--resume`
+position: the data order is a function of the seed and the epoch). Pages a gather touched
+stay in the kernel's page cache but are dropped from the process every `RELEASE_SECONDS`
+(`madvise(MADV_DONTNEED)`, harmless for a clean file mapping: the next access faults them back
+in), so the resident set stays bounded however large the files are.
+
+Splits are contiguous blocks, so none is copied: the test split is the last `test_split` of
+the samples (unless `NAME_test.npy` files are given), the validation split the block before
+it. Store the samples shuffled.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from nnspec.spec.errors import DataError
+from nnspec.spec.schema import DataSpec, InputSpec
+
+RELEASE_SECONDS = 0.05
+_maps: weakref.WeakSet = weakref.WeakSet()
+_lock = threading.Lock()
+_pager: threading.Thread | None = None
+
+
+class _Map(mmap.mmap):
+    """An mmap that can live in a WeakSet (the pager forgets maps nothing uses)."""
+
+
+def _release_loop() -> None:
+    while True:
+        time.sleep(RELEASE_SECONDS)
+        for mm in list(_maps):
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (ValueError, OSError):  # closed meanwhile
+                continue
+
+
+def open_npy(path: str) -> np.ndarray:
+    """A read-only array over the `.npy` file at `path`, memory-mapped (never read whole).
+    Raises `DataError` naming the file when it is not a plain `.npy` array."""
+    global _pager
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+            if fortran or dtype.hasobject:
+                raise DataError(f"{path}: a C-ordered array of numbers is needed (got "
+                                f"{'Fortran order' if fortran else dtype})")
+            size = int(np.prod(shape)) * dtype.itemsize
+            if os.fstat(fh.fileno()).st_size < offset + size:
+                raise DataError(f"{path}: truncated: {shape} {dtype} needs {offset + size} "
+                                f"bytes, the file has {os.fstat(fh.fileno()).st_size}")
+            mm = _Map(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read it as a .npy file: {err}") from None
+    with _lock:
+        _maps.add(mm)
+        if _pager is None:
+            _pager = threading.Thread(target=_release_loop, name="nnspec-mmap-release",
+                                      daemon=True)
+            _pager.start()
+    return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset
+                         ).reshape(shape)
+
+
+def _check(name: str, x: np.ndarray, spec: InputSpec | None, path: str) -> None:
+    if spec is None:
+        return
+    want = tuple(spec.shape)
+    got = x.shape[1:]
+    if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+        raise DataError(f"{path}: input {name!r} expects samples of shape {want}, the file "
+                        f"holds {got} (a mapped file is not reshaped)")
+    if x.dtype != np.dtype(spec.dtype):
+        raise DataError(f"{path}: input {name!r} is {spec.dtype}, the file holds {x.dtype} "
+                        "(a mapped file is not converted: save it as the input's dtype)")
+
+
+def mapped_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequence[str],
+                   spec_folder: str):  # -> Dataset
+    """The Dataset of an `npy` directory: inputs memory-mapped, targets loaded (small)."""
+    from nnspec.compiler.data.dataset import Dataset, Split
+    from nnspec.compiler.data.sources import resolve
+
+    folder = resolve(data.path or "", spec_folder)
+    if not os.path.isdir(folder):
+        raise DataError(f"data.path: no such folder {folder!r} (source npy: a folder with "
+                        "NAME.npy per input and output)")
+    names = [*inputs, *outputs]
+    absent = [n for n in names if not os.path.isfile(os.path.join(folder, f"{n}.npy"))]
+    if absent:
+        found = sorted(f for f in os.listdir(folder) if f.endswith(".npy"))
+        raise DataError(f"data.path: {folder} has no {', '.join(f'{n}.npy' for n in absent)}"
+                        f"; it holds {found}")
+
+    def load(suffix: str) -> tuple[dict, dict] | None:
+        paths = {n: os.path.join(folder, f"{n}{suffix}.npy") for n in names}
+        if suffix and not all(os.path.isfile(p) for p in paths.values()):
+            return None
+        x = {n: open_npy(paths[n]) for n in inputs}
+        y = {n: np.load(paths[n]) for n in outputs}  # targets are small: in memory
+        for n, v in x.items():
+            _check(n, v, inputs[n], paths[n])
+        lengths = {k: len(v) for k, v in {**x, **y}.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"data.path: {folder}: the{suffix} files hold different numbers "
+                            f"of samples: {lengths}")
+        return x, y
+
+    x, y = load("")
+    n = len(next(iter(y.values())))
+    if data.limit:
+        n = min(n, data.limit)
+    given = load("_test")
+    test_n = 0 if given else int(round(n * data.test_split))
+    val_n = int(round((n - test_n) * data.validation_split))
+    train_n = n - test_n - val_n
+
+    def block(lo: int, hi: int) -> Split:
+        return Split({k: v[lo:hi] for k, v in x.items()}, {k: v[lo:hi] for k, v in y.items()})
+
+    test = Split(*given) if given else block(train_n + val_n, n)
+    return Dataset(block(0, train_n), block(train_n, train_n + val_n), test)
