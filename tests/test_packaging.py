@@ -73,6 +73,14 @@ def test_layering(folder, banned):
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
+def test_the_command_is_a_thin_shell_over_the_api():
+    """cli/ reaches the compiler only through nnspec.compiler.api (what `import nnspec` gives)."""
+    for path in (ROOT / "cli").rglob("*.py"):
+        inner = {m for m in _imports(path) if m.startswith("nnspec.compiler")
+                 and not m.startswith("nnspec.compiler.api")}
+        assert not inner, f"{path.relative_to(ROOT)} imports {sorted(inner)}"
+
+
 def test_validate_never_imports_jax():
     code = (
         "import sys\n"
