@@ -44,22 +44,12 @@ def _text(report: dict[str, Any]) -> str:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from nnspec.compiler.data.profile import contact_sheet, profile
-    from nnspec.compiler.graph.ir import build_graph
-    from nnspec.spec.validate import load_spec
+    import nnspec
 
-    loaded = load_spec(args.spec, args.set)
-    graph = build_graph(loaded)  # every spec error first, with its location
-    report = profile(loaded, list(graph.outputs))
-    data = report.pop("_dataset", None)
-    if args.out and data is not None and report["source"] in ("images", "digits", "mnist",
-                                                              "fashion_mnist"):
-        out = next(iter(data.train.y))
-        given = (loaded.spec.outputs or {}).get(out)
-        contact_sheet(data, args.out, given.labels or [] if given else [])
-        report["contact_sheet"] = args.out
+    spec = nnspec.load(args.spec, args.set).validate()  # every spec error first, located
+    report = spec.data(args.out)
     print(json.dumps(report, indent=2) if args.json else _text(report))
-    if report["problems"] and loaded.spec.data.on_error == "fail":
+    if report["problems"] and spec.loaded.spec.data.on_error == "fail":
         print(f"error: {len(report['problems'])} problem(s) in the data (listed above; "
               "data.on_error: skip trains without the bad samples)", file=sys.stderr)
         return EXIT_BAD_INPUT

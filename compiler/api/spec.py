@@ -126,6 +126,25 @@ class Spec:
 
         return Summary.of(self.graph)
 
+    def data(self, contact_sheet: str | os.PathLike | None = None) -> dict[str, Any]:
+        """What the `data` section resolves to, read as training would (`nnspec data`): files,
+        samples per split, class balance, per-column type, range, missing values and
+        vocabulary size, input shapes, first samples and every problem found (`problems`).
+        For images, `contact_sheet` writes a PNG of the first training images."""
+        from nnspec.compiler.data.profile import contact_sheet as sheet
+        from nnspec.compiler.data.profile import profile
+
+        loaded, graph = self._check()
+        report = profile(loaded, list(graph.outputs))
+        data = report.pop("_dataset", None)
+        if contact_sheet and data is not None and report["source"] in (
+                "images", "digits", "mnist", "fashion_mnist"):
+            out = next(iter(data.train.y))
+            given = (loaded.spec.outputs or {}).get(out)
+            sheet(data, os.fspath(contact_sheet), given.labels or [] if given else [])
+            report["contact_sheet"] = os.fspath(contact_sheet)
+        return report
+
     def to_dot(self) -> str:
         """The network as a Graphviz DOT picture (`nnspec graph`)."""
         from nnspec.compiler.graph.picture import to_dot
