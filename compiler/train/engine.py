@@ -36,6 +36,7 @@ from nnspec.compiler.train.pipeline import (
     stream_chunk,
 )
 from nnspec.compiler.train.regularization import penalty, trainable_mask
+from nnspec.compiler.train.watch import Watch, monitor_mode
 from nnspec.spec.errors import DataError
 from nnspec.spec.schema import TrainSpec
 
@@ -99,36 +100,6 @@ def _cast(tree: Any, dtype: Any) -> Any:
                         else a, tree)
 
 
-def monitor_mode(monitor: str, mode: str) -> str:
-    """'min' for losses and errors, 'max' for scores, unless the spec says."""
-    if mode != "auto":
-        return mode
-    return "min" if any(w in monitor for w in ("loss", "mae", "rmse")) else "max"
-
-
-@dataclass
-class _Watch:
-    """Tracks the best value of a monitored metric and the epochs since it improved."""
-
-    mode: str
-    min_delta: float = 0.0
-    best: float | None = None
-    best_epoch: int = 0
-    wait: int = 0
-
-    def update(self, value: float, epoch: int) -> bool:
-        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
-                                       else value > self.best + self.min_delta)
-        if better:
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-        else:
-            self.wait += 1
-        return better
-
-    def record(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
-
-
 class Trainer:
     """Builds the jitted train and eval steps of one graph, its heads and its train spec."""
 
@@ -155,6 +126,8 @@ class Trainer:
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.loop = choose_loop(graph, train.loop)
         self.pipeline = train.pipeline  # 'auto' is settled by `fit`, which sees the data
+        self.data_name = "the training data"
+        """How errors name the data (`train_run` sets the spec's data file)."""
 
     def init(self, x: dict[str, np.ndarray]) -> dict[str, Any]:
         """Initial variables from the seed (only the sample shapes of `x` matter)."""
@@ -383,20 +356,32 @@ class Trainer:
         carry = (params, state, self.tx.init(params), zeros(), jnp.int32(_NO_STEP),
                  jnp.float32(1.0), trainable_mask(params, self.graph), jnp.int32(0))
         early = spec.early_stopping
-        watch = _Watch(monitor_mode(early.monitor, early.mode), early.min_delta) if early else None
+        watch = Watch(monitor_mode(early.monitor, early.mode), early.min_delta) if early else None
         plateau_spec = spec.optimizer.schedule
         plateau_monitor = early.monitor if early else (
             "val_loss" if len(data.validation) else "loss")
-        plateau = _Watch(monitor_mode(plateau_monitor, "auto")) if (
+        plateau = Watch(monitor_mode(plateau_monitor, "auto")) if (
             plateau_spec.name == "reduce_on_plateau") else None
         best_vars = None
         history: list[dict[str, float]] = []
         start_epoch, start_batch, partial, stopped = 1, 0, None, None
+        fingerprint = None
+        if checkpoints is not None:  # resuming on other data would mix two datasets
+            from nnspec.compiler.train.checkpoint import data_sha256
+
+            fingerprint = data_sha256(data.splits())
         if resume and checkpoints is not None:
             template = {"carry": carry, "best": {"params": params, **state}}
             found = checkpoints.latest(template)
             if found is not None:
                 restored, record = found
+                if record.get("data_sha256", fingerprint) != fingerprint:
+                    raise DataError(
+                        f"--resume: {self.data_name} changed since the checkpoint in "
+                        f"{checkpoints.folder} was saved (its samples hash to sha256 "
+                        f"{fingerprint[:16]}..., the run's to {record['data_sha256'][:16]}...)"
+                        "; resume with the data the run started with, or train again "
+                        "without --resume")
                 carry = jax.tree.map(jnp.asarray, restored["carry"])
                 best_vars = restored["best"] if record.get("has_best") else None
                 history = record["history"]
@@ -406,9 +391,9 @@ class Trainer:
                 if stopped:  # early stopping had ended the run: nothing is left to train
                     start_epoch = spec.epochs + 1
                 if watch and record.get("watch"):
-                    watch = _Watch(watch.mode, watch.min_delta, **record["watch"])
+                    watch = Watch(watch.mode, watch.min_delta, **record["watch"])
                 if plateau and record.get("plateau"):
-                    plateau = _Watch(plateau.mode, 0.0, **record["plateau"])
+                    plateau = Watch(plateau.mode, 0.0, **record["plateau"])
                 on_resume(history)
                 log(f"resumed from {checkpoints.folder} at epoch {start_epoch}, batch "
                     f"{start_batch}")
@@ -423,7 +408,8 @@ class Trainer:
                       "has_best": best_vars is not None, "partial": partial_sums,
                       "stopped": stopped,
                       "watch": watch.record() if watch else None,
-                      "plateau": plateau.record() if plateau else None}
+                      "plateau": plateau.record() if plateau else None,
+                      "data_sha256": fingerprint}
             tree = {"carry": carry, "best": best_vars if best_vars is not None else
                     {"params": carry[0], **carry[1]}}
             checkpoints.save(int(carry[7]), tree, record)
