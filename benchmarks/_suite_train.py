@@ -66,7 +66,8 @@ def run_nnspec(args: argparse.Namespace) -> dict[str, Any]:
         out = Path(args.keep) if args.keep else Path(tmp) / "run"
         exe = Path(sys.executable).with_name("nnspec")
         cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else
-               ["-m", "nnspec"]), "train", str(spec), "--out", str(out)]
+               ["-m", "nnspec"]), "train", str(spec), "--out", str(out),
+               *(f"--set={o}" for o in args.set)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -206,6 +207,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", help="an .npz with x_train, y_train, x_test, y_test")
     parser.add_argument("--keep", help="nnspec: keep the run directory here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="nnspec: a spec override passed to `nnspec train`")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     run = {"nnspec": run_nnspec, "keras": run_keras, "torch": run_torch,

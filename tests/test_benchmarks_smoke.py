@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 BENCH = ROOT / "benchmarks"
@@ -55,3 +56,28 @@ def test_benchmark_scripts_run_quick(tmp_path):
     assert run["exit_code"] == 0 and run["parity_passed"] and run["onnx_written"]
     assert 0 <= run["test_accuracy"] <= 1
     assert len(run["seconds_per_epoch"]) == run["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_suite_runs_quick(tmp_path):
+    """benchmarks/suite.py end to end on tiny sizes (its contenders are the `bench` extra)."""
+    for name in ("torch", "keras", "jax2onnx", "matplotlib"):
+        pytest.importorskip(name)
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "suite.py"), "--quick", "--models", "mlp", "--sections",
+         "train,infer", "--out", str(out), "--json", str(tmp_path / "suite.json"), "--plots",
+         str(tmp_path)], capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "suite.json").read_text())
+    runs = result["train"]["mlp"]["runs"]
+    assert set(runs) == {"nnspec", "flax_step", "flax_fused", "keras", "torch", "torch_default"}
+    assert all(r[0].get("samples_per_second", 0) > 0 for r in runs.values()), runs
+    assert runs["torch"][0]["env"]["GLIBC_TUNABLES"] and not runs["torch_default"][0]["env"][
+        "GLIBC_TUNABLES"]
+    onnx = result["infer"]["mlp"]["onnx"]
+    assert {"nnspec", "torch.onnx", "jax2onnx"} <= set(onnx)
+    assert all(e["nodes"] > 0 and e["per_s"][0] > 0 for e in onnx.values())
+    text = out.read_text()
+    assert "## Training throughput" in text and "## Inference" in text
+    assert (tmp_path / "suite_train.png").stat().st_size > 0
