@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import os
@@ -151,6 +153,48 @@ def _plots(out_dir: str, graph: Graph, loaded: LoadedSpec, result: Any, heads: l
                        title=f"{loaded.spec.name}: {head.output} ({split})")
 
 
+# A failed write to the run directory: the disk is full, the folder read-only or missing.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EFBIG, errno.ENOTDIR, errno.EEXIST}
+
+
+def _output_errors(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """Turn a failed write into one clear OutputError (the CLI prints it, no traceback),
+    leaving no candidate model behind; the checkpoints saved before stay usable."""
+    @functools.wraps(fn)
+    def wrapper(loaded: LoadedSpec, out_dir: str, *args: Any, **kwargs: Any) -> RunResult:
+        from nnspec.compiler.train.checkpoint import OutputError
+
+        try:
+            return fn(loaded, out_dir, *args, **kwargs)
+        except (OSError, OutputError) as err:
+            if isinstance(err, OSError) and err.errno not in _WRITE_ERRNOS:
+                raise
+            candidate = os.path.join(out_dir, f".{MODEL}.candidate")
+            if os.path.exists(candidate):
+                os.unlink(candidate)
+            if isinstance(err, OutputError):
+                raise
+            where = f" ({err.filename})" if err.filename else ""
+            folder = os.path.join(out_dir, "checkpoints")
+            saved = os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+            kept = (f"the checkpoints saved before stay in {folder} (--resume continues from "
+                    "them)" if saved else "no checkpoint had been saved")
+            raise OutputError(f"cannot write the run directory {out_dir}: {err.strerror}"
+                              f"{where}; no model was written, and {kept}") from None
+
+    return wrapper
+
+
+def _data_name(spec: Any) -> str:
+    data = spec.data
+    if data is None:
+        return "the given data"
+    path = getattr(data, "path", None)
+    return f"the data file {path}" if path else f"the data ({data.source})"
+
+
+@_output_errors
 def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lambda s: None,
               resume: bool = False, progress: Callable[[dict], None] | None = None,
               on_epoch: Callable[[dict], bool | None] | None = None,
@@ -190,6 +234,7 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         write_text(os.path.join(out_dir, "resolved_spec.yaml"),
                    yaml.safe_dump(resolved, sort_keys=False))
     trainer = Trainer(graph, spec.train, heads, len(data.train))
+    trainer.data_name = _data_name(spec)
     initial = None
     if spec.train.init_from:
         origin = spec.train.init_from
