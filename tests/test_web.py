@@ -101,8 +101,10 @@ def _open(browser, url: str):
     return page
 
 
-def _onnxruntime(run, feeds: dict) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+def _onnxruntime(model, feeds: dict) -> dict[str, np.ndarray]:
+    """Python onnxruntime's outputs for a model file or a run directory."""
+    path = model / "model.onnx" if model.is_dir() else model
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
 
 
@@ -168,3 +170,63 @@ def test_web_refuses_a_folder_it_did_not_write(runs, tmp_path):
     result = run_cli("web", str(tmp_path / "missing"), "--out", str(tmp_path / "page"))
     assert result.returncode == 2 and "no model file at" in result.stderr
     assert not (tmp_path / "page").exists()
+
+
+def _handmade(path, input_shape: list[int], elem_type: int, labels: list[str]) -> None:
+    """A one-node ONNX model (mean over the features, then a fixed linear map to len(labels)
+    scores) with nnspec's metadata: no training needed to test the page's widgets."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    features = int(np.prod(input_shape))
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(features, len(labels))).astype(np.float32), "w")
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["xf"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["scores"])]
+    graph = helper.make_graph(
+        nodes, "handmade", [helper.make_tensor_value_info("x", elem_type, ["batch", *input_shape])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", len(labels)])],
+        initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10  # what opset 21 needs; onnxruntime-web reads up to IR 13
+    helper.set_model_props(model, {"spec_name": "handmade", "labels": json.dumps(
+        {"scores": labels}), "resolved_spec": json.dumps({"layers": []})})
+    path.write_bytes(model.SerializeToString())
+
+
+def test_form_and_image_inputs(site, browser, tmp_path):
+    from onnx import TensorProto
+    from PIL import Image
+
+    url, root = site
+    _handmade(tmp_path / "table.onnx", [4], TensorProto.FLOAT, ["a", "b", "c"])
+    _handmade(tmp_path / "photo.onnx", [16, 16, 3], TensorProto.UINT8, ["cat", "dog"])
+    for name in ("table", "photo"):
+        result = run_cli("web", str(tmp_path / f"{name}.onnx"), "--out", str(root / name))
+        assert result.returncode == 0, result.stderr
+
+    page = _open(browser, f"{url}/table/")  # a form of 4 numbers
+    values = [0.5, -1.25, 3.0, 2.0]
+    for i, v in enumerate(values):
+        page.fill(f"input[name=x-{i}]", str(v))
+    page.click("#run")
+    page.wait_for_selector("#top-scores")
+    scores = _onnxruntime(tmp_path / "table.onnx", {"x": np.float32([values])})["scores"]
+    assert page.inner_text("#top-scores") == "abc"[int(np.argmax(scores))]
+    np.testing.assert_allclose(page.evaluate("window.nnspec.last")["outputs"]["scores"]["data"],
+                               scores[0], atol=TOLERANCE)
+    page.close()
+
+    rgb = np.random.default_rng(1).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    page = _open(browser, f"{url}/photo/")  # uint8 RGB: a file picker, 0..255 pixels
+    assert page.evaluate("window.nnspec.config")["inputs"][0]["widget"] == "image"
+    page.set_input_files("input[type=file]", str(tmp_path / "photo.png"))
+    page.wait_for_selector("#top-scores")
+    last = page.evaluate("window.nnspec.last")
+    fed = np.asarray(last["feeds"]["x"]["data"]).reshape(1, 16, 16, 3)
+    np.testing.assert_array_equal(fed, rgb[None])  # same size: the pixels themselves
+    scores = _onnxruntime(tmp_path / "photo.onnx", {"x": rgb[None]})["scores"]
+    # 768 float32 products of up to 255 each: summation order moves the last digits
+    np.testing.assert_allclose(last["outputs"]["scores"]["data"], scores[0], rtol=1e-5)
+    page.close()
