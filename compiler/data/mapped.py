@@ -5,9 +5,10 @@ memory streams from disk (`train.pipeline: stream`, chosen by `auto` when the se
 The arrays are plain numpy arrays over a read-only `mmap`, so the training loop gathers its
 batches by index exactly as from arrays in memory (same order, same bits, same `--resume`
 position: the data order is a function of the seed and the epoch). Pages a gather touched
-stay in the kernel's page cache but are dropped from the process every `RELEASE_SECONDS`
-(`madvise(MADV_DONTNEED)`, harmless for a clean file mapping: the next access faults them back
-in), so the resident set stays bounded however large the files are.
+stay in the kernel's page cache but are dropped from the process (`madvise(MADV_DONTNEED)`,
+harmless for a clean file mapping: the next access faults them back in) whenever it holds more
+than `RELEASE_BYTES` of them, checked every `RELEASE_SECONDS`, so the resident set stays
+bounded however large the files are.
 
 Splits are contiguous blocks, so none is copied: the test split is the last `test_split` of
 the samples (unless `NAME_test.npy` files are given), the validation split the block before
@@ -29,6 +30,10 @@ from nnspec.spec.errors import DataError
 from nnspec.spec.schema import DataSpec, InputSpec
 
 RELEASE_SECONDS = 0.05
+RELEASE_BYTES = 256 << 20
+"""Mapped pages the process may hold before they are released: releasing is cheap but not
+free (page-table walks, TLB shootdowns that pause every thread), so it runs only when the
+file-backed resident set has grown this much, not at every tick."""
 _maps: weakref.WeakSet = weakref.WeakSet()
 _lock = threading.Lock()
 _pager: threading.Thread | None = None
@@ -38,9 +43,20 @@ class _Map(mmap.mmap):
     """An mmap that can live in a WeakSet (the pager forgets maps nothing uses)."""
 
 
+def _file_resident() -> int:
+    """Bytes of file-backed and shared pages the process holds (RssFile + RssShmem)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return RELEASE_BYTES + 1  # no /proc: release at every tick
+
+
 def _release_loop() -> None:
     while True:
         time.sleep(RELEASE_SECONDS)
+        if _file_resident() < RELEASE_BYTES:
+            continue
         for mm in list(_maps):
             try:
                 mm.madvise(mmap.MADV_DONTNEED)
