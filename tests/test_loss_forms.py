@@ -147,3 +147,57 @@ def test_logits_classifier_trains_like_the_softmax_one(tmp_path, loss):
         next(iter(raw.predictions["test"].values())))
     assert logits.min() < 0 or logits.max() > 1
     assert np.all(np.isfinite(logits))
+
+
+TWO_HEADS = """\
+version: 1
+name: logits_export
+inputs:
+  pixels: {shape: [8, 8], dtype: uint8}
+layers:
+  - {type: flatten}
+  - {type: rescale, scale: 0.0625}
+  - {type: dense, name: fc1, units: 32, activation: relu}
+  - {type: dense, name: digit_scores, units: 10, inputs: fc1}
+  - {type: dense, name: big_score, units: 1, inputs: fc1}
+outputs:
+  digit: {from: digit_scores, loss: sparse_categorical_crossentropy, metrics: [accuracy],
+          argmax: true}
+  big: {from: big_score, loss: binary_crossentropy, metrics: [accuracy, auc]}
+data: {source: npz, path: d.npz, test_split: 0.25}
+train:
+  epochs: 10
+  batch_size: 32
+  optimizer: {name: adam, learning_rate: 0.003}
+  seed: 0
+"""
+
+
+def test_a_logits_model_exports_logits_and_evaluates_as_trained(tmp_path, capsys):
+    """Exported as trained (raw scores), with `NAME_class` their argmax; `nnspec evaluate`
+    reads them as the probabilities the loss implied (a binary logit's class is > 0, not
+    > 0.5), so its numbers are training's own."""
+    import json
+
+    from nnspec.compiler.data.dataset import load_digits
+    from nnspec.main import main
+    from nnspec.runtime import load
+
+    digits = load_digits()
+    np.savez(tmp_path / "d.npz", pixels=digits["x"][:800], digit=digits["y"][:800],
+             big=(digits["y"][:800] >= 5).astype(np.float32))
+    (tmp_path / "s.yaml").write_text(TWO_HEADS)
+    result = run_cli("train", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "run"), "-q")
+    assert result.returncode == 0, result.stderr
+    expected = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    assert expected["digit_accuracy"] > 0.85 and expected["big_accuracy"] > 0.85
+    model = load(tmp_path / "run" / "model.onnx")
+    out = model.predict({"pixels": digits["x"][:50]})
+    assert out["digit"].min() < 0 and out["big"].min() < 0 < out["big"].max()  # raw scores
+    assert np.array_equal(out["digit_class"], out["digit"].argmax(-1))
+    assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for head, metric in (("digit", "accuracy"), ("big", "accuracy"), ("big", "auc")):
+        assert report[head][metric] == pytest.approx(expected[f"{head}_{metric}"], abs=1e-6)
+    for head in ("digit", "big"):
+        assert report[head]["loss"] == pytest.approx(expected[f"{head}_loss"], rel=1e-3)

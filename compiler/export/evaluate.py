@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from nnspec.compiler.train.heads import probabilities
 from nnspec.spec.errors import UsageError
 
 
@@ -88,6 +89,8 @@ def evaluate_model(model: Any, split: str = "test",
     outputs = list(spec.outputs or {"output": None})
     samples, name = _split_of(model, spec, outputs, split, data, data_folder)
     predicted = model.predict(samples.x)
+    # Outputs trained as logits are read as the probabilities their loss implied.
+    forms = json.loads(model.metadata.get("loss_forms", "{}"))
     report: dict[str, Any] = {"model": model.path, "data": name, "samples": len(samples)}
     for out in outputs:
         own = (spec.outputs or {}).get(out)
@@ -95,7 +98,7 @@ def evaluate_model(model: Any, split: str = "test",
         wanted = list(metrics) if metrics else list(
             own.metrics if own and own.metrics is not None else
             spec.train.metrics if spec.train else [])
-        values = predicted[out]
+        values = probabilities(predicted[out], **forms[out]) if out in forms else predicted[out]
         classifier = values.ndim >= 2 and values.shape[-1] > 1
         if not metrics and classifier and "accuracy" not in wanted:
             wanted.insert(0, "accuracy")

@@ -120,6 +120,18 @@ def loss_form(graph: Graph, output: str, loss: str) -> str:
     return LOGITS if family is None else PROBABILITIES
 
 
+def probabilities(values: np.ndarray, loss: str, form: str) -> np.ndarray:
+    """What an output means as probabilities (numpy, for exported models' outputs): softmax
+    (sigmoid for binary cross-entropy) of an output that is the logits; others unchanged."""
+    if form != LOGITS:
+        return values
+    v = np.asarray(values, np.float64)
+    if loss == "binary_crossentropy":
+        return 1.0 / (1.0 + np.exp(-v))
+    e = np.exp(v - v.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def describe_form(loss: str, form: str) -> str:
     """What `validate` and `summary` print: e.g. 'sparse categorical cross-entropy from
     logits (the softmax's input)'."""
