@@ -354,11 +354,8 @@ def _deliverables(out_dir: str, graph: Graph, data: Dataset, resolved: dict[str,
                   log: Callable[[str], None]) -> None:
     """What ships beside the model: the quantized copy the spec asks for (export.quantize),
     the golden bundle, the model card and SHA256SUMS (written last, over all of them)."""
-    from nnspec.compiler.export.model_card import (
-        write_manifest,
-        write_model_card,
-        write_reference_bundle,
-    )
+    from nnspec.compiler.export.bundle import write_manifest, write_reference_bundle
+    from nnspec.compiler.export.model_card import write_model_card
     from nnspec.compiler.graph.summary import summarize
 
     report = None

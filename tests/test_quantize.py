@@ -255,11 +255,8 @@ def documented(small_run, tmp_path_factory):
     `train_run` writes them."""
     import yaml
 
-    from nnspec.compiler.export.model_card import (
-        write_manifest,
-        write_model_card,
-        write_reference_bundle,
-    )
+    from nnspec.compiler.export.bundle import write_manifest, write_reference_bundle
+    from nnspec.compiler.export.model_card import write_model_card
     from nnspec.compiler.graph.ir import check_spec
     from nnspec.compiler.graph.summary import summarize
 

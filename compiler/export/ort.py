@@ -20,7 +20,7 @@ ATOL = RTOL = 1e-5
 
 
 def _check_inputs(model_path: str, session: Any) -> tuple[dict[str, Any], str]:
-    from nnspec.compiler.export.model_card import BUNDLE, read_reference_bundle, synthetic_inputs
+    from nnspec.compiler.export.bundle import BUNDLE, read_reference_bundle, synthetic_inputs
 
     bundle = os.path.join(os.path.dirname(os.path.abspath(model_path)), BUNDLE)
     names = {i.name for i in session.get_inputs()}
