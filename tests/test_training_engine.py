@@ -281,21 +281,7 @@ def _wait_for_epochs(run, count, proc, timeout=120):
     raise AssertionError("training did not progress")
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
-    whole = _start(tmp_path, "whole")
-    killed = _start(tmp_path, "killed")
-    _wait_for_epochs(tmp_path / "killed", 4, killed)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert whole.wait() == 0
-    resumed = _start(tmp_path, "killed", "--resume")
-    out, err = resumed.communicate()
-    assert resumed.returncode == 0, err
-    assert (tmp_path / "whole" / "weights.msgpack").read_bytes() == (
-        tmp_path / "killed" / "weights.msgpack").read_bytes()
-    assert history(tmp_path / "killed") == [
-        {**r, "seconds": h["seconds"]} for r, h in zip(history(tmp_path / "whole"),
-                                                       history(tmp_path / "killed"))]
+# SIGKILL at random points, then --resume: tests/test_faults.py.
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
