@@ -8,7 +8,6 @@ import doctest
 import io
 import os
 import re
-from pathlib import Path
 
 from conftest import ROOT
 
