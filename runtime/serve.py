@@ -269,6 +269,20 @@ def add_parser(verbs: Any, overrides: dict | None = None) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _check_address(host: str, port: int) -> None:
+    """Fail early, with the address in the message, where uvicorn could not listen."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as err:
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err} (another "
+                         "server on that port? choose another with --port)") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run `serve` until interrupted."""
     if args.max_batch < 1 or args.batch_wait_ms < 0 or not 0 <= args.port < 65536:
@@ -280,6 +294,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"serving needs Starlette and uvicorn: {INSTALL_HINT}") from None
     model = Model(args.model, threads=args.threads)
     app = create_app(model, args.max_batch, args.batch_wait_ms)
+    _check_address(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {args.host} makes the model reachable from the network, "
               "without authentication", file=sys.stderr)

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 pytest.importorskip("starlette", reason="the serve extra (starlette) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
@@ -119,3 +119,11 @@ def test_load_benchmark_runs_quick(small_run, tmp_path):
         assert r["lost"] == 0 and r["answered"] == 64 and r["burst"]["serving_after"]
         assert r["burst"]["refused_4xx"] == r["burst"]["malformed"] == 16
     assert doc["results"]["batch 1"]["onnxruntime_runs"] == 64
+
+
+def test_port_in_use_is_a_clear_error(served, small_run):
+    url, run, _ = served
+    port = url.rsplit(":", 1)[1]
+    result = run_cli("serve", str(run), "--port", port, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr

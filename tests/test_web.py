@@ -170,6 +170,11 @@ def test_web_refuses_a_folder_it_did_not_write(runs, tmp_path):
     result = run_cli("web", str(tmp_path / "missing"), "--out", str(tmp_path / "page"))
     assert result.returncode == 2 and "no model file at" in result.stderr
     assert not (tmp_path / "page").exists()
+    # No npm and an empty cache: a clear message, nothing written.
+    result = run_cli("web", str(runs["mlp"]), "--out", str(tmp_path / "page"),
+                     env={"PATH": str(tmp_path / "no-bin"), "NNSPEC_CACHE": str(tmp_path / "c")})
+    assert result.returncode == 2 and "npm is not on PATH" in result.stderr, result.stderr
+    assert not (tmp_path / "page").exists() and "Traceback" not in result.stderr
 
 
 def _handmade(path, input_shape: list[int], elem_type: int, labels: list[str]) -> None:
