@@ -168,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="train,infer,accuracy")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=8192, help="synthetic training samples")
+    parser.add_argument("--samples", type=int, default=4096, help="synthetic training samples")
     parser.add_argument("--epochs", type=int, default=3, help="per training run, first dropped")
-    parser.add_argument("--accuracy-epochs", default="mlp=5,cnn=3")
+    parser.add_argument("--accuracy-epochs", default="mlp=5,cnn=2")
     parser.add_argument("--out", default=str(BENCHMARKS / "RESULTS.md"))
     parser.add_argument("--json", default=str(BENCHMARKS / "results" / "suite.json"))
     parser.add_argument("--plots", default=str(BENCHMARKS / "results"))
@@ -193,20 +193,26 @@ def main(argv: list[str] | None = None) -> int:
     result["peak_flops"] = peak_flops(env, peak_n)
     result["train_flops"] = {m: train_flops(m) for m in models}
     timeout = 600 if args.quick else 1800
+
+    def save() -> None:  # after every section: a long run stopped late keeps what it measured
+        result["suite_seconds"] = time.perf_counter() - t0
+        write_json(args.json, result)
+        write_report(result, Path(args.out), Path(args.plots))
+
     with tempfile.TemporaryDirectory(prefix="nnspec-suite-") as tmp:
         keep = Path(tmp)
         if "train" in sections or "infer" in sections:
             result["train"] = run_train(models, args.rounds, args.samples, args.epochs, keep,
                                         timeout)
+            save()
         if "infer" in sections:
             result["infer"] = run_infer(models, keep, args.rounds, repeat, timeout)
+            save()
         if "accuracy" in sections:
             npz = fashion_npz(keep / "fashion.npz", limit)
             result["accuracy"] = run_accuracy([m for m in models if m in acc_epochs],
                                               acc_epochs, npz, timeout)
-    result["suite_seconds"] = time.perf_counter() - t0
-    write_json(args.json, result)
-    write_report(result, Path(args.out), Path(args.plots))
+            save()
     print(f"wrote {args.out} ({result['suite_seconds']:.0f} s)", file=sys.stderr)
     return 0
 

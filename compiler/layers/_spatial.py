@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from nnspec.compiler.layers._fast_conv import conv_general_dilated, eligible
 from nnspec.compiler.layers.base import REGISTRY, Layer, Shape, describe
 from nnspec.compiler.layers.dense import Initializer, flax_initializer
 
@@ -287,13 +288,24 @@ class Conv(ConvBase):
         _, strides, k_eff = self.geometry()
         return resolve_pads(self.padding, tuple(shape[:-1]), k_eff, strides)
 
+    @property
+    def slow_in_cpu_loops(self) -> bool:  # type: ignore[override]
+        """Only convolutions outside the canonical-gradient path (_fast_conv.py) are slow
+        inside XLA:CPU loops: strides > 1, groups, or pads wider than the kernel."""
+        _, strides, k_eff = self.geometry()
+        # 'valid', 'same' and 'causal' never pad by more than k_eff - 1.
+        pads = (((0, 0),) * self.ndim if isinstance(self.padding, str) else
+                tuple(tuple(p) for p in self.padding))
+        return not eligible(strides, self.groups, None, pads, k_eff)
+
     def flax(self, x: Any, *, name: str, train: bool) -> Any:
         import flax.linen as nn
 
         # Flax gets the padding as the user wrote it, so the parity tests check our formula.
+        # Its convolution is ours: the same forward, a gradient XLA:CPU runs fast in loops.
         padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
         return nn.Conv(padding=padding, feature_group_count=self.groups, name=name,
-                       **self.flax_args())(x)
+                       conv_general_dilated=conv_general_dilated, **self.flax_args())(x)
 
     def onnx(self, g: Any, x: str) -> str:
         n = self.ndim
