@@ -96,3 +96,19 @@ def test_mapped_folder_errors_name_the_file(tmp_path):
     raw = (folder / "pixels.npy").read_bytes()
     (folder / "pixels.npy").write_bytes(raw[: len(raw) // 2])
     assert "truncated" in error()
+
+
+def test_mapped_rows_read_with_pread_equal_numpy_indexing(tmp_path):
+    from nnspec.compiler.data.mapped import open_npy
+
+    a = np.arange(6000, dtype=np.float64).reshape(1000, 2, 3)
+    np.save(tmp_path / "a.npy", a)
+    mapped = open_npy(str(tmp_path / "a.npy"))
+    rows = np.array([[3, 999], [0, -1]])
+    assert np.array_equal(np.take(mapped, rows, axis=0), a[rows])  # the streamed gather
+    assert np.array_equal(np.take(mapped[10:20], np.array([0, 9]), axis=0), a[[10, 19]])
+    assert np.array_equal(mapped[[5, 7]], a[[5, 7]]) and np.array_equal(mapped[:3], a[:3])
+    converted = np.asanyarray(mapped, np.float32)  # a copy: must not read the file's bytes
+    assert np.array_equal(np.take(converted, rows, axis=0), a[rows].astype(np.float32))
+    with pytest.raises(IndexError):
+        np.take(mapped, np.array([1000]), axis=0)

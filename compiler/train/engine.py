@@ -79,7 +79,8 @@ class TrainResult:
 def _canonical(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays in the dtypes JAX will hold them in (float64 -> float32 without x64), so the
     host copy streamed in batches equals the one put on the device."""
-    return {k: np.asarray(v, jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
+    # asanyarray: a memory-mapped set (nnspec.compiler.data.mapped) keeps its own row reads.
+    return {k: np.asanyarray(v, jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
             for k, v in arrays.items()}
 
 
