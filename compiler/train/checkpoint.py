@@ -181,6 +181,22 @@ def _hush_orbax_errors() -> None:
     logger = logging.getLogger("absl")
     if not any(f is _ORBAX_FILTER for f in logger.filters):
         logger.addFilter(_ORBAX_FILTER)
+    if not getattr(sys.unraisablehook, "_nnspec", False):
+        sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+
+
+def _without_closed_loop_noise(previous: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """After a failed save TensorStore's threads call back into Orbax's closed event loop;
+    the RuntimeError each raises is reported as unraisable (from native code, while the
+    save's own error is on its way to the user). Those alone are dropped."""
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._nnspec = True  # type: ignore[attr-defined]
+    return hook
 
 
 _ORBAX_FILTER = logging.Filter()
