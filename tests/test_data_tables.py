@@ -106,3 +106,12 @@ def test_predict_names_a_missing_column(penguins_run, tmp_path):
     assert result.returncode == 2
     assert "has no column 'bill_length_mm' (did you mean 'bill_length'?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_evaluate_rereads_the_table(penguins_run):
+    result = run_cli("evaluate", str(penguins_run), "--data-folder", str(EXAMPLES), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    metrics = json.loads((penguins_run / "metrics.json").read_text())
+    assert report["samples"] == 69
+    assert report["species"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])

@@ -67,7 +67,7 @@ def _split_of(model: Any, spec: Any, outputs: list[str], split: str,
     run_dir = os.path.dirname(os.path.abspath(model.path))
     folders = [data_folder] if data_folder else [os.path.dirname(run_dir), run_dir, os.getcwd()]
     for folder in folders:
-        if spec.data.source != "npz" or os.path.exists(os.path.join(folder, spec.data.path or "")):
+        if spec.data.path is None or os.path.exists(os.path.join(folder, spec.data.path)):
             found = getattr(make_dataset(spec.data, spec.inputs, outputs, folder), split)
             if not len(found):
                 raise UsageError(f"the {split} split is empty")
