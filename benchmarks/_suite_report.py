@@ -160,12 +160,14 @@ def write_report(r: dict[str, Any], out: Path, folder: Path) -> None:
              f"- fp32 matmul peak measured in this run: {r['peak_flops'] / 1e9:,.1f} GFLOP/s",
              "- the machine is shared with other work: compare ratios within this run, not "
              "absolute figures across runs", ""]
-    if "train" in r:
-        lines += train_section(r)
-    if "infer" in r:
-        lines += infer_section(r)
-    if "accuracy" in r:
-        lines += accuracy_section(r)
+    for key, section in (("train", train_section), ("infer", infer_section),
+                         ("accuracy", accuracy_section)):
+        if key in r:
+            part = section(r)
+            command = r.get("section_commands", {}).get(key)
+            if command and command != r["command"]:
+                part[1:1] = ["", f"(measured by `{command}`)"]
+            lines += part
     made = plots(r, folder)
     rel = Path(folder).resolve()
     for name in made:

@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(BENCHMARKS / "RESULTS.md"))
     parser.add_argument("--json", default=str(BENCHMARKS / "results" / "suite.json"))
     parser.add_argument("--plots", default=str(BENCHMARKS / "results"))
+    parser.add_argument("--keep-sections", action="store_true",
+                        help="keep the sections not run now from the existing --json (a "
+                             "section re-run alone; the report names each section's command)")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     sections = set(args.sections.split(","))
@@ -193,6 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     result["peak_flops"] = peak_flops(env, peak_n)
     result["train_flops"] = {m: train_flops(m) for m in models}
     timeout = 600 if args.quick else 1800
+    if args.keep_sections and Path(args.json).exists():
+        prior = json.loads(Path(args.json).read_text())
+        for key in ("train", "infer", "accuracy"):
+            if key in prior and key not in sections and not (key == "train" and "infer" in
+                                                               sections):
+                result[key] = prior[key]
+                if key == "train":  # its % of peak stays against the peak of its own run
+                    result["peak_flops"] = prior["peak_flops"]
+                    result["train_flops"] = prior["train_flops"]
+                result.setdefault("section_commands", {})[key] = prior.get(
+                    "section_commands", {}).get(key, prior["command"])
+    for key in ("train", "infer", "accuracy"):
+        if key in sections or (key == "train" and "infer" in sections):
+            result.setdefault("section_commands", {})[key] = result["command"]
 
     def save() -> None:  # after every section: a long run stopped late keeps what it measured
         result["suite_seconds"] = time.perf_counter() - t0
