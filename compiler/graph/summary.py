@@ -33,6 +33,9 @@ def _shape(graph: Graph, name: str) -> tuple:
     return tuple(graph.inputs[name].shape) if name in graph.inputs else graph.node(name).shape
 
 
+FREE_LENGTH = 1024
+
+
 def summarize(graph: Graph) -> list[Row]:
     """Rows for every node: output shape, parameter counts and estimated multiply-adds."""
     import jax
@@ -40,7 +43,11 @@ def summarize(graph: Graph) -> list[Row]:
 
     from nnspec.compiler.train.module import GraphModule
 
-    dummy = {name: jax.ShapeDtypeStruct((1, *(d or 1 for d in spec.shape)), jnp.dtype(spec.dtype))
+    # A free length stands for a long one: windows and strides (pools, convolutions) need room,
+    # and the initialisation is abstract (jax.eval_shape), so the length costs nothing. Length
+    # 1 made `nnspec summary` fail on a valid pool over a free length (tests/test_archgen.py).
+    dummy = {name: jax.ShapeDtypeStruct((1, *(FREE_LENGTH if d is None else d
+                                              for d in spec.shape)), jnp.dtype(spec.dtype))
              for name, spec in graph.inputs.items()}
     shapes = jax.eval_shape(GraphModule(graph).init, jax.random.key(0), dummy)
     params = shapes.get("params", {})

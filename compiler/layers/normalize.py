@@ -83,6 +83,12 @@ class Normalize(Layer):
         return per_value_macs(output)  # with or without a learnt scale and shift
 
     def infer(self, shape: Shape) -> Shape:
+        if shape[-1] is None:
+            # The statistics are one per feature of the last axis: a free last axis would size
+            # them by whatever length the model was first initialised with.
+            raise ValueError(f"standardises each feature of the last axis, which is a free "
+                             f"length in {describe(shape)} from {{source}}; put the features "
+                             f"last (permute) or give that axis a fixed length")
         for key in ("mean", "std"):
             value = getattr(self, key)
             if isinstance(value, list) and len(value) != shape[-1]:
