@@ -81,10 +81,11 @@ class Run:
         `"validation"`, `"test"`), an .npz path, or arrays (see `Arrays`)."""
         from nnspec.compiler.export.evaluate import evaluate_model
 
-        split, given = ("test", _as_mapping(data)) if not isinstance(data, str) else (
-            (data, None) if data in ("train", "validation", "test") else ("test", data))
-        return evaluate_model(self.model, split, given, None,
-                              list(metrics) if metrics else None)
+        wanted = list(metrics) if metrics else None
+        if isinstance(data, str) and data in ("train", "validation", "test"):
+            return evaluate_model(self.model, data, None, None, wanted)
+        given = data if isinstance(data, str) else _as_mapping(data)  # an .npz path or arrays
+        return evaluate_model(self.model, "test", given, None, wanted)
 
     def __repr__(self) -> str:
         return f"Run({self.path!r})"
@@ -123,9 +124,10 @@ def _dataset(spec: Spec, data: Arrays) -> Any:
 
 def train(spec: Spec | str | os.PathLike | Mapping[str, Any], out: str | os.PathLike | None = None,
           data: Arrays | None = None, callbacks: Iterable[Any] = (), resume: bool = False,
-          overrides: Overrides = None) -> Run:
+          overrides: Overrides = None) -> Run | None:
     """Train a spec, export it to ONNX, cross-check the export and write the run directory
-    (default `runs/NAME`); return the finished `Run`.
+    (default `runs/NAME`); return the finished `Run` (None in the processes of a multi-host
+    run other than process 0, which alone writes the run directory).
 
     `spec` is a `Spec`, a path or a dict. `data` replaces the spec's data source with
     in-memory arrays (split as the spec's `data` section says). `callbacks` see each epoch
@@ -154,6 +156,6 @@ def train(spec: Spec | str | os.PathLike | Mapping[str, Any], out: str | os.Path
                   data=dataset, source=spec.text if isinstance(spec.text, bytes)
                   else spec.text.encode())
         run = Run(out) if os.path.isfile(os.path.join(out, "metrics.json")) else None
-        return run  # type: ignore[return-value]
+        return run
     finally:
         hooks.on_train_end(run)
