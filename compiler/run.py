@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import yaml
 
 from nnspec import __version__
@@ -68,7 +69,8 @@ def parity_inputs(graph: Graph, data: Dataset, samples: int) -> dict[str, Any]:
     """Held-out samples for the cross-check: test first, then validation, then training."""
     split = data.test if len(data.test) else data.validation if len(data.validation) else (
         data.train)
-    return {name: split.x[name][:samples] for name in graph.inputs}
+    # asarray: a lazy column (source array_record) reads the rows it gives.
+    return {name: np.asarray(split.x[name][:samples]) for name in graph.inputs}
 
 
 class _StopFlag:
@@ -235,6 +237,7 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
                    yaml.safe_dump(resolved, sort_keys=False))
     trainer = Trainer(graph, spec.train, heads, len(data.train))
     trainer.data_name = _data_name(spec)
+    trainer.workers = spec.data.workers
     initial = None
     if spec.train.init_from:
         origin = spec.train.init_from

@@ -230,13 +230,16 @@ class DataSpec(SpecModel):
     `digits` ships with nnspec; `mnist` and `fashion_mnist` download once (checksummed) into a
     cache; `npz` reads `x`/`y` (or `x_train`/`y_train`/`x_test`/`y_test`) from `path`, relative
     to the spec file; `npy` memory-maps a folder of `NAME.npy` files (one per input and
-    output; for sets larger than memory, streamed). `csv` and `parquet` read a table whose
+    output; for sets larger than memory, streamed); `array_record` reads ArrayRecord files,
+    one sample a record (`nnspec.compiler.data.records`), read lazily and streamed. `csv`
+    and `parquet` read a table whose
     `columns` map to the inputs and outputs by name; `images` reads a folder with one
     subfolder per class (or a CSV of path,label), decoded with Pillow to each image input's
     shape.
     """
 
-    source: Literal["digits", "mnist", "fashion_mnist", "npz", "npy", "csv", "parquet", "images"]
+    source: Literal["digits", "mnist", "fashion_mnist", "npz", "npy", "array_record", "csv",
+                    "parquet", "images"]
     path: str | None = None
     columns: dict[Name, ColumnSpec | list[str] | str] | None = Field(
         default=None, description="csv/parquet: the columns of each input and output, by name "
@@ -252,6 +255,9 @@ class DataSpec(SpecModel):
                               description="used only when the source has no test split")
     limit: int | None = Field(default=None, ge=1, description="use at most this many samples")
     seed: int = Field(default=0, ge=0, lt=1 << 32, description="seed of the shuffles and splits")
+    workers: int | Literal["auto"] = Field(
+        default="auto", description="Grain worker processes decoding a streamed set; auto: "
+        "min(2, cores) for sources that decode (array_record), 0 for npy and arrays")
 
     def column_specs(self) -> dict[str, ColumnSpec]:
         """`columns` with every shorthand spelled out."""
@@ -261,8 +267,11 @@ class DataSpec(SpecModel):
 
     @model_validator(mode="after")
     def _path_for_npz(self) -> DataSpec:
-        if self.source in ("npz", "npy", "csv", "parquet", "images") and not self.path:
+        if self.source in ("npz", "npy", "array_record", "csv", "parquet", "images") and (
+                not self.path):
             raise ValueError(f"`path` is required when source is {self.source!r}")
+        if isinstance(self.workers, int) and self.workers < 0:
+            raise ValueError(f"`workers` must be 0 or more (or auto), got {self.workers}")
         if self.source in ("csv", "parquet") and not self.columns:
             raise ValueError(f"`columns` is required when source is {self.source!r}: the "
                              "columns of each input and output")

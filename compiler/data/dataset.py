@@ -155,6 +155,10 @@ def make_dataset(data: DataSpec, inputs: dict[str, InputSpec], outputs: list[str
         from nnspec.compiler.data.mapped import mapped_dataset
 
         return mapped_dataset(data, inputs, outputs, spec_folder)
+    if data.source == "array_record":
+        from nnspec.compiler.data.arrayrecord import record_dataset
+
+        return record_dataset(data, inputs, outputs, spec_folder)
     if data.source in ("csv", "parquet", "images"):
         from nnspec.compiler.data.sources import named_dataset
 

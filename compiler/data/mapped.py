@@ -75,11 +75,22 @@ class MappedArray(np.ndarray):
     _origin: int  # address of the mapping's row 0
     _bytes: int  # bytes of the mapped array
     _dtype: np.dtype | None
+    _path: str
 
     def __array_finalize__(self, obj: object) -> None:
         for name, empty in (("_fd", -1), ("_start", 0), ("_origin", 0), ("_bytes", 0),
-                            ("_dtype", None)):
+                            ("_dtype", None), ("_path", "")):
             setattr(self, name, getattr(obj, name, empty))
+
+    def __reduce__(self):  # noqa: ANN204
+        # A block of the file's rows pickles as (path, rows), never as its bytes: the Grain
+        # worker processes that read a streamed set reopen the file themselves.
+        row = self.strides[0] if self.ndim else 0
+        if self._on_file() and self._path and row == self.itemsize * int(
+                np.prod(self.shape[1:])):
+            first = (self.ctypes.data - self._origin) // row if row else 0
+            return (_reopen, (self._path, first, len(self)))
+        return np.asarray(self).__reduce__()
 
     def _on_file(self) -> bool:
         """Whether this array is still a view of the file (not a converted copy)."""
@@ -99,7 +110,11 @@ class MappedArray(np.ndarray):
         result = np.empty((flat.size, *self.shape[1:]), self.dtype)
         view = memoryview(result.reshape(-1).view(np.uint8))
         base = self._start + first * row
-        for i, r in enumerate((flat % len(self)).tolist()):
+        flat = flat % len(self)
+        # In ascending file order (one pass over the file, not random seeks), each row
+        # written where it belongs.
+        order = np.argsort(flat, kind="stable")
+        for i, r in zip(order.tolist(), flat[order].tolist()):
             if os.preadv(self._fd, [view[i * row:(i + 1) * row]], base + r * row) != row:
                 raise OSError(f"short read at row {r} of a mapped .npy file")
         return result.reshape((*rows.shape, *self.shape[1:]))
@@ -140,7 +155,13 @@ def open_npy(path: str) -> np.ndarray:
     array._fd = os.open(path, os.O_RDONLY)  # for pread; closed with the process
     array._start, array._origin, array._bytes = offset, array.ctypes.data, array.nbytes
     array._dtype = array.dtype
+    array._path = os.path.abspath(path)
     return array
+
+
+def _reopen(path: str, first: int, count: int) -> np.ndarray:
+    """Rows first..first+count-1 of a mapped `.npy` file (how a `MappedArray` unpickles)."""
+    return open_npy(path)[first:first + count]
 
 
 def _check(name: str, x: np.ndarray, spec: InputSpec | None, path: str) -> None:

@@ -79,9 +79,10 @@ class TrainResult:
 def _canonical(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays in the dtypes JAX will hold them in (float64 -> float32 without x64), so the
     host copy streamed in batches equals the one put on the device."""
-    # asanyarray: a memory-mapped set (nnspec.compiler.data.mapped) keeps its own row reads.
-    return {k: np.asanyarray(v, jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
-            for k, v in arrays.items()}
+    # asanyarray: a memory-mapped set (nnspec.compiler.data.mapped) keeps its own row reads;
+    # a lazy column (nnspec.compiler.data.arrayrecord, in the input's own dtype) stays lazy.
+    return {k: v if not isinstance(v, np.ndarray) and hasattr(v, "take") else np.asanyarray(
+        v, jax.dtypes.canonicalize_dtype(np.asarray(v).dtype)) for k, v in arrays.items()}
 
 
 def _padded_batches(n: int, size: int, width: int | None = None
@@ -127,6 +128,8 @@ class Trainer:
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.loop = choose_loop(graph, train.loop)
         self.pipeline = train.pipeline  # 'auto' is settled by `fit`, which sees the data
+        self.workers: int | str = "auto"
+        """Grain worker processes of the streamed route (`data.workers`; set by `train_run`)."""
         self.data_name = "the training data"
         """How errors name the data (`train_run` sets the spec's data file)."""
 
@@ -296,8 +299,9 @@ class Trainer:
         return result, predictions if keep else {}
 
     def _route(self, fused: bool, stream: bool, mask: np.ndarray, host_x: dict, host_y: dict,
-               x_all: Any, y_all: Any) -> Route:
-        """The run's route, before its train call is compiled; `mask` is (steps, width)."""
+               x_all: Any, y_all: Any, idx0: np.ndarray | None = None) -> Route:
+        """The run's route, before its train call is compiled; `mask` is (steps, width), and
+        `idx0` the batch layout of the epoch permutation (streamed: read through Grain)."""
         steps, width = mask.shape
         sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, "data"))
         if not stream:
@@ -306,7 +310,19 @@ class Trainer:
         chunk = stream_chunk(steps, width, sample)
         padded = np.zeros((steps + chunk, width), np.float32)  # the last chunk's spare rows: 0
         padded[:steps] = mask
-        return Route(fused, True, steps, chunk, padded, host_x, host_y, sharding)
+        route = Route(fused, True, steps, chunk, padded, host_x, host_y, sharding)
+        if idx0 is not None:
+            from nnspec.compiler.train import feed
+
+            columns = feed.local_columns(sharding, (chunk, width))
+            element = feed.ChunkAt(host_x, host_y, self.spec.seed, len(
+                next(iter(host_y.values()))), idx0, chunk, columns)
+            workers = feed.auto_workers(self.workers, decodes=any(
+                getattr(v, "decodes", False) for v in host_x.values()))
+            route.loader = lambda epoch, start: feed.GrainLoader(
+                element, element.position(epoch, start), element.position(
+                    self.spec.epochs, steps - 1) + 1, workers)
+        return route
 
     @staticmethod
     def _interrupted(epoch: int, step: int, checkpoints: Any) -> Interrupted:
@@ -410,13 +426,15 @@ class Trainer:
                       "stopped": stopped,
                       "watch": watch.record() if watch else None,
                       "plateau": plateau.record() if plateau else None,
-                      "data_sha256": fingerprint}
+                      "data_sha256": fingerprint,
+                      "loader": {**(route.loader_state() or {}), "epoch": epoch,
+                                 "step": batch, "seed": spec.seed}}
             tree = {"carry": carry, "best": best_vars if best_vars is not None else
                     {"params": carry[0], **carry[1]}}
             checkpoints.save(int(carry[7]), tree, record)
 
         idx0, w0 = _padded_batches(n, self.size, size)
-        route = self._route(loop == "fused", stream, w0, host_x, host_y, x_all, y_all)
+        route = self._route(loop == "fused", stream, w0, host_x, host_y, x_all, y_all, idx0)
         started = time.perf_counter()
         route.fn = self.train_step(loop, stream).lower(*route.example_args(carry)).compile()
         evaluate = self.eval_step()
@@ -439,7 +457,7 @@ class Trainer:
             carry = (*carry[:3], replicate(sums, self.replicated), *carry[4:])
             due = interrupted = False
             t0 = time.perf_counter()
-            with route.epoch(rows, first) as feed:
+            with route.epoch(rows, first, epoch) as feed:
                 b = first
                 while b < steps:
                     base, *args = feed(b)
@@ -524,6 +542,7 @@ class Trainer:
             if stopped:
                 break
 
+        route.close()
         final = {"params": carry[0], **carry[1]}
         if best_vars is not None and early and early.restore_best:
             final = jax.tree.map(jnp.asarray, best_vars)

@@ -54,7 +54,8 @@ def device_budget() -> int:
 
 
 def nbytes(arrays: dict[str, np.ndarray]) -> int:
-    return int(sum(np.asarray(a).nbytes for a in arrays.values()))
+    # A lazy column (arrayrecord.RecordColumn) knows its size without being read.
+    return int(sum(getattr(a, "nbytes", None) or np.asarray(a).nbytes for a in arrays.values()))
 
 
 def choose_pipeline(requested: str, data_bytes: int, budget: int | None = None) -> str:
@@ -82,6 +83,16 @@ def gather_chunk(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, n
     return {k: np.take(v, rows, axis=0) for k, v in arrays.items()}
 
 
+def to_device(arrays: dict[str, np.ndarray], sharding: Any, width: int) -> dict[str, Any]:
+    """(steps, batch, ...) host arrays as global arrays split over the batch axis. Under
+    `jax.distributed` each process holds only its own columns of the batch (the Grain
+    loader read only those), assembled into the global array without copying the rest."""
+    if jax.process_count() == 1:
+        return jax.device_put(arrays, sharding)
+    return {k: jax.make_array_from_process_local_data(
+        sharding, v, (v.shape[0], width, *v.shape[2:])) for k, v in arrays.items()}
+
+
 class Prefetch:
     """Gathers and transfers streamed chunks on a background thread, `depth` ahead of the
     train step, so the device does not wait on Python's indexing or the copy.
@@ -91,8 +102,11 @@ class Prefetch:
     """
 
     def __init__(self, x: dict[str, np.ndarray], y: dict[str, np.ndarray], rows: np.ndarray,
-                 starts: list[int], size: int, sharding: Any, depth: int = 2):
+                 starts: list[int], size: int, sharding: Any, depth: int = 2,
+                 read: Callable[[int], tuple[dict, dict]] | None = None):
         self._x, self._y, self._rows, self._size = x, y, rows, size
+        self._read = read
+        """Host chunk at a start (the Grain loader), instead of gathering `rows` here."""
         self._starts, self._sharding = starts, sharding
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -102,11 +116,15 @@ class Prefetch:
         self._thread.start()
 
     def _chunk(self, start: int) -> tuple[Any, Any]:
-        rows = self._rows[start:start + self._size]
-        if len(rows) < self._size:  # the epoch's last chunk: pad with copies (their mask is 0)
-            rows = np.concatenate([rows, np.repeat(rows[:1], self._size - len(rows), 0)])
-        return (jax.device_put(gather_chunk(self._x, rows), self._sharding),
-                jax.device_put(gather_chunk(self._y, rows), self._sharding))
+        if self._read is not None:
+            x, y = self._read(start)
+        else:
+            rows = self._rows[start:start + self._size]
+            if len(rows) < self._size:  # the last chunk: pad with copies (their mask is 0)
+                rows = np.concatenate([rows, np.repeat(rows[:1], self._size - len(rows), 0)])
+            x, y = gather_chunk(self._x, rows), gather_chunk(self._y, rows)
+        width = self._rows.shape[1]
+        return to_device(x, self._sharding, width), to_device(y, self._sharding, width)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -181,11 +199,15 @@ class Route:
     y: dict[str, Any]
     sharding: Any
     """Of (steps, batch) arrays: the batch axis split over the devices."""
+    loader: Any = None
+    """Makes the run's `GrainLoader` (nnspec.compiler.train.feed) from a start position; the
+    streamed route reads through it."""
     fn: Callable[..., Any] | None = None
     """The compiled train call (`Trainer.train_step`), set once lowered."""
     waited: float = 0.0
     """Seconds the step waited for streamed chunks, over the run."""
     _device_mask: Any = None
+    _grain: Any = None
 
     def example_args(self, carry: Any) -> tuple[Any, ...]:
         """Arguments to lower the train call with: real or abstract, in its signature."""
@@ -200,10 +222,11 @@ class Route:
                 abstract_rows(self.y, lead, self.sharding))
 
     @contextlib.contextmanager
-    def epoch(self, rows: np.ndarray, first: int) -> Iterator[Callable[[int], tuple]]:
-        """For an epoch whose step b takes samples `rows[b]`, from step `first` on: a function
-        giving, for step b, `(base, idx, mask, xs, ys)`: the train call's data arguments and
-        the step its row 0 stands for."""
+    def epoch(self, rows: np.ndarray, first: int, number: int = 1
+              ) -> Iterator[Callable[[int], tuple]]:
+        """For epoch `number`, whose step b takes samples `rows[b]`, from step `first` on: a
+        function giving, for step b, `(base, idx, mask, xs, ys)`: the train call's data
+        arguments and the step its row 0 stands for."""
         if not self.stream:
             if self._device_mask is None:  # the same every epoch: put it there once
                 self._device_mask = jax.device_put(self.mask, self.sharding)
@@ -211,7 +234,11 @@ class Route:
             yield lambda b: args
             return
         starts = list(range(first - first % self.chunk, self.steps, self.chunk))
-        feed = Prefetch(self.x, self.y, rows, starts, self.chunk, self.sharding)
+        read = None
+        if self.loader is not None:
+            grain = self._reader(number, starts[0] if starts else first)
+            read = lambda start: grain.next_chunk(number, start)  # noqa: E731
+        feed = Prefetch(self.x, self.y, rows, starts, self.chunk, self.sharding, read=read)
         chunks, held = iter(feed), [(-self.chunk, None, None, None, None)]
 
         def data(b: int) -> tuple:
@@ -223,9 +250,34 @@ class Route:
 
         try:
             yield data
+        except BaseException:
+            feed.close()
+            self.close()  # it may have read ahead of where the run stopped
+            raise
         finally:
             feed.close()
             self.waited += feed.waited
+
+    def _reader(self, epoch: int, start: int) -> Any:
+        """The Grain loader, at the position of `start` in `epoch` (made there on a run's
+        first epoch or after a resume; read on from epoch to epoch)."""
+        if self._grain is not None and self._grain.next_position != self._grain.element.position(
+                epoch, start):
+            self.close()
+        if self._grain is None:
+            self._grain = self.loader(epoch, start)
+        return self._grain
+
+    def loader_state(self) -> dict[str, Any] | None:
+        """What a checkpoint records of the loader besides the epoch and step (the position is
+        a function of those): None off the Grain route."""
+        return None if self._grain is None else self._grain.state()
+
+    def close(self) -> None:
+        """Close the Grain loader (its threads, worker processes and shared memory)."""
+        if self._grain is not None:
+            self._grain.close()
+            self._grain = None
 
     def run(self, carry: Any, b: int, end: int, base: int, *args: Any) -> Any:
         """Steps b..end-1 (all within the data that `base` starts): one call, or one a step."""
