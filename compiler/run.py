@@ -131,7 +131,7 @@ def _prepare(loaded: LoadedSpec, data: Dataset | None = None) -> tuple[Graph, An
     if data is None:
         data = make_dataset(spec.data, spec.inputs, list(graph.outputs), loaded.folder,
                             labels={k: o.labels for k, o in (spec.outputs or {}).items()
-                                    if o.labels})
+                                    if o.labels}, stream=spec.train.pipeline)
     return graph, heads, data
 
 

@@ -196,3 +196,37 @@ def test_sigkill_mid_epoch_on_a_streamed_npy_set_resumes_bit_identical(tmp_path)
     assert done.returncode == 0, done.stderr
     assert (out / "weights.msgpack").read_bytes() == (
         tmp_path / "whole" / "weights.msgpack").read_bytes()
+
+
+IMAGES = SPEC.replace("pixels: {shape: [8, 8], dtype: uint8}",
+                      "pixels: {shape: [8, 8, 1], dtype: uint8}").replace(
+    "data: {source: npy, path: arrays, validation_split: 0}",
+    "data: {source: images, path: digits, validation_split: 0.1}")
+
+
+def test_streamed_image_folder_decodes_in_workers_to_the_eager_weights(tmp_path):
+    """A streamed image folder is checked (format, size) up front and decoded in a Grain
+    worker as batches are read: the weights of the same folder decoded up front."""
+    from PIL import Image
+    from test_data_images import write_folders
+
+    write_folders(tmp_path / "digits", count=300)
+    path = tmp_path / "images.yaml"
+    path.write_text(IMAGES)
+    loaded = load_spec(path)
+    lazy = make_dataset(loaded.spec.data, loaded.spec.inputs, ["digit"], loaded.folder,
+                        stream="stream")
+    assert type(lazy.train.x["pixels"]).__name__ == "ImageColumn"
+    assert isinstance(lazy.test.x["pixels"], np.ndarray)
+    _, eager = _fit(path, "train.pipeline=device", "train.epochs=2")
+    trainer, streamed = _fit(path, "train.epochs=2", workers=1)
+    assert trainer.pipeline == "stream"
+    _same(streamed, eager)
+    # A file whose header reads but whose pixels do not: its path, when a batch reads it.
+    victim = lazy.train.x["pixels"].files[7]
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8), np.uint8)
+    Image.fromarray(noise, mode="L").save(victim)
+    with open(victim, "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) // 2)
+    with pytest.raises(DataError, match="cannot read it as an image"):
+        lazy.train.x["pixels"].take([7])

@@ -145,12 +145,13 @@ def _named(arrays: dict[str, np.ndarray], inputs: list[str], outputs: list[str],
 
 
 def make_dataset(data: DataSpec, inputs: dict[str, InputSpec], outputs: list[str],
-                 spec_folder: str = ".", labels: dict[str, list[str]] | None = None
-                 ) -> Dataset:
+                 spec_folder: str = ".", labels: dict[str, list[str]] | None = None,
+                 stream: str = "auto") -> Dataset:
     """Load a source and split it: a test split carved out unless the source has one, then a
     validation split from the training part (both stratified, seeded by `data.seed`).
     `labels`: the class names the spec declares per output (tables and image folders check
-    their labels against them)."""
+    their labels against them). `stream`: the run's `train.pipeline`; a streamed image
+    folder's training images are decoded as they are read."""
     if data.source == "npy":
         from nnspec.compiler.data.mapped import mapped_dataset
 
@@ -162,7 +163,7 @@ def make_dataset(data: DataSpec, inputs: dict[str, InputSpec], outputs: list[str
     if data.source in ("csv", "parquet", "images"):
         from nnspec.compiler.data.sources import named_dataset
 
-        return named_dataset(data, inputs, outputs, spec_folder, labels or {})
+        return named_dataset(data, inputs, outputs, spec_folder, labels or {}, stream)
     return split_arrays(load_arrays(data, spec_folder), data, inputs, outputs,
                         data.path or data.source)
 

@@ -90,9 +90,87 @@ def decode(path: str, shape: Sequence[int | None], resize: bool, name: str) -> n
     return pixels
 
 
+def check_header(path: str, shape: Sequence[int | None], resize: bool, name: str
+                 ) -> tuple[int, ...]:
+    """What can be known of an image without decoding it (its format and size), as `decode`
+    would report it; the shape `decode` will give."""
+    from PIL import Image
+
+    channels, height, width, first = layout(shape, name)
+    try:
+        with Image.open(path) as opened:
+            size = opened.size
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot read it as an image: {err}") from None
+    want = (width or size[0], height or size[1])
+    if size != want and not resize:
+        raise DataError(f"{path}: {size[0]}x{size[1]} pixels, input {name!r} takes "
+                        f"{want[0]}x{want[1]} (set data.resize: resize)")
+    hw = (want[1], want[0])
+    return hw if not channels else (channels, *hw) if first else (*hw, channels)
+
+
+class ImageColumn:
+    """The images of a split, decoded when indexed (in Grain's worker processes when the
+    training set streams): indexing gives the input's pixels as `decode` makes them, in the
+    input's dtype. Pickles as its file list."""
+
+    decodes = True
+
+    def __init__(self, files: Sequence[str], spec: InputSpec, resize: bool, name: str):
+        self.files, self.spec, self.resize, self.name = list(files), spec, resize, name
+        self.dtype = np.dtype(spec.dtype)
+        self.shape = (len(self.files), *spec.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def take(self, indices: object, axis: int = 0) -> np.ndarray:
+        rows = np.asarray(indices, np.int64)
+        out = np.empty((rows.size, *self.shape[1:]), self.dtype)
+        for i, r in enumerate(rows.reshape(-1).tolist()):
+            out[i] = decode(self.files[r], self.spec.shape, self.resize, self.name)
+        return out.reshape((*rows.shape, *self.shape[1:]))
+
+    def __getitem__(self, index: object) -> object:
+        if isinstance(index, slice):
+            return ImageColumn(self.files[index], self.spec, self.resize, self.name)
+        if isinstance(index, (int, np.integer)):
+            return self.take([int(index)])[0]
+        return self.take(index)
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        whole = self.take(np.arange(len(self)))
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _lazy(stream: str, spec: InputSpec, count: int) -> bool:
+    """Whether the training images stay on disk: `train.pipeline: stream`, or `auto` and
+    the decoded set would not fit the device budget (the test the engine makes)."""
+    if None in spec.shape or stream == "device":
+        return False
+    if stream == "stream":
+        return True
+    from nnspec.compiler.train.pipeline import choose_pipeline
+
+    size = count * int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+    return choose_pipeline("auto", size) == "stream"
+
+
 def image_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequence[str],
-                  spec_folder: str, labels: Mapping[str, list[str]]):  # -> Dataset
-    """An `images` source as a `Dataset` (one image input, one class output)."""
+                  spec_folder: str, labels: Mapping[str, list[str]], stream: str = "auto"
+                  ):  # -> Dataset
+    """An `images` source as a `Dataset` (one image input, one class output). Streamed
+    (`_lazy`), the training images are only checked (format, size) here and decoded when
+    read; a file that fails to decode then stops training with its path."""
     from nnspec.compiler.data.dataset import Dataset, Split, fit_input
     from nnspec.compiler.data.sources import fail_or_skip, resolve, split_rows
 
@@ -112,8 +190,12 @@ def image_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
                  for i, (f, c) in enumerate(zip(files, found)) if c not in index]
     pixels: dict[int, np.ndarray] = {}
     sizes: dict[tuple[int, ...], str] = {}
+    lazy = _lazy(stream, spec, len(files))
     for i, f in enumerate(files):
         try:
+            if lazy:
+                sizes.setdefault(check_header(f, spec.shape, data.resize == "resize", name), f)
+                continue
             pixels[i] = decode(f, spec.shape, data.resize == "resize", name)
         except DataError as err:
             problems.append((i, str(err)))
@@ -127,15 +209,25 @@ def image_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
     keep = [i for i in range(len(files)) if i not in bad]
     if not keep:
         raise DataError(f"data.path: {path} holds no usable images ({', '.join(SUFFIXES)})")
-    x = np.stack([pixels[i] for i in keep])
     y = np.array([index[found[i]] for i in keep], np.int64)
     rows = np.array(keep)
     train, val, test = split_rows(data, y, rows)
+    if lazy:
+        column = ImageColumn([files[i] for i in keep], spec, data.resize == "resize", name)
 
-    def split(at: np.ndarray) -> Split:
-        return Split({name: fit_input(x[at], spec, name)}, {out: y[at]})
+        def split(at: np.ndarray, eager: bool = True) -> Split:
+            part = ImageColumn([column.files[i] for i in at], spec, column.resize, name)
+            return Split({name: np.asarray(part) if eager else part}, {out: y[at]})
 
-    return Dataset(split(train), split(val), split(test), labels={out: classes},
+        parts = (split(train, eager=False), split(val), split(test))
+    else:
+        x = np.stack([pixels[i] for i in keep])
+
+        def split(at: np.ndarray) -> Split:
+            return Split({name: fit_input(x[at], spec, name)}, {out: y[at]})
+
+        parts = (split(train), split(val), split(test))
+    return Dataset(*parts, labels={out: classes},
                    sources={k: [files[rows[i]] for i in v] for k, v in
                             (("train", train), ("validation", val), ("test", test))},
                    skipped=skipped)

@@ -115,10 +115,12 @@ def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
 
 
 def named_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequence[str],
-                  spec_folder: str, labels: Mapping[str, list[str]]) -> Dataset:
-    """The `Dataset` of a `csv`, `parquet` or `images` source."""
+                  spec_folder: str, labels: Mapping[str, list[str]], stream: str = "auto"
+                  ) -> Dataset:
+    """The `Dataset` of a `csv`, `parquet` or `images` source (`stream`: `train.pipeline`;
+    streamed image folders decode their training images lazily)."""
     if data.source == "images":
         from nnspec.compiler.data.images import image_dataset
 
-        return image_dataset(data, inputs, outputs, spec_folder, labels)
+        return image_dataset(data, inputs, outputs, spec_folder, labels, stream)
     return table_dataset(data, inputs, outputs, spec_folder, labels)
