@@ -230,3 +230,25 @@ def test_streamed_image_folder_decodes_in_workers_to_the_eager_weights(tmp_path)
         fh.truncate(fh.seek(0, 2) // 2)
     with pytest.raises(DataError, match="cannot read it as an image"):
         lazy.train.x["pixels"].take([7])
+
+
+@pytest.mark.slow
+def test_two_hosts_each_read_their_columns_and_train_as_one(tmp_path):
+    """Streamed under jax.distributed (two processes of two CPU devices): each process's
+    loader reads only the batch columns its devices hold (make_array_from_process_local_data
+    refuses anything else) and the run matches one process of four devices."""
+    from conftest import SMALL
+    from test_multihost import _finish, _history, _launch
+
+    spec = tmp_path / "hosts.yaml"
+    spec.write_text(SMALL + "  pipeline: stream\n")
+    procs = _launch(spec, tmp_path / "two")
+    four = run_cli("train", str(spec), "--out", str(tmp_path / "four"), "-q",
+                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    (rc1, _, err1), (rc0, _, err0) = _finish(procs)
+    assert (rc0, rc1) == (0, 0), err0 + err1
+    assert four.returncode == 0, four.stderr
+    training = json.loads((tmp_path / "two" / "metrics.json").read_text())["training"]
+    assert (training["processes"], training["pipeline"]) == (2, "stream")
+    a, b = _history(tmp_path / "two"), _history(tmp_path / "four")
+    np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
