@@ -186,8 +186,9 @@ class TrainSpec(SpecModel):
         "which XLA:CPU runs slowly inside a loop")
     pipeline: Literal["auto", "device", "stream"] = Field(
         default="auto", description="'device': the training set lives on the device and each "
-        "batch is gathered there; 'stream': batches are gathered on the host and prefetched "
-        "by a background thread; 'auto': device when the set takes under half the device's "
+        "batch is gathered there; 'stream': batches are read on the host by Grain (ahead of "
+        "the step; decoding sources in worker processes, `data.workers`) and transferred by a "
+        "background thread; 'auto': device when the set takes under half the device's "
         "memory (a quarter of RAM on the CPU)")
 
 
@@ -231,7 +232,7 @@ class DataSpec(SpecModel):
     cache; `npz` reads `x`/`y` (or `x_train`/`y_train`/`x_test`/`y_test`) from `path`, relative
     to the spec file; `npy` memory-maps a folder of `NAME.npy` files (one per input and
     output; for sets larger than memory, streamed); `array_record` reads ArrayRecord files,
-    one sample a record (`nnspec.compiler.data.records`), read lazily and streamed. `csv`
+    one sample a record (`nnspec.compiler.data.arrayrecord`), read lazily and streamed. `csv`
     and `parquet` read a table whose
     `columns` map to the inputs and outputs by name; `images` reads a folder with one
     subfolder per class (or a CSV of path,label), decoded with Pillow to each image input's
@@ -257,7 +258,8 @@ class DataSpec(SpecModel):
     seed: int = Field(default=0, ge=0, lt=1 << 32, description="seed of the shuffles and splits")
     workers: int | Literal["auto"] = Field(
         default="auto", description="Grain worker processes decoding a streamed set; auto: "
-        "min(2, cores) for sources that decode (array_record), 0 for npy and arrays")
+        "min(2, cores) for sources that decode (array_record, streamed images), 0 for npy and "
+        "arrays")
 
     def column_specs(self) -> dict[str, ColumnSpec]:
         """`columns` with every shorthand spelled out."""

@@ -56,8 +56,8 @@ FALLBACK: dict[tuple[str, str], str] = {
                                       "validation",
     ("TrainSpec", "seed"): "seed of the whole run: initialisation, batch order, dropout, "
                            "augmentation",
-    ("DataSpec", "path"): "the .npz, .csv or .parquet file, or the image or .npy folder, "
-                          "relative to the spec file",
+    ("DataSpec", "path"): "the .npz, .csv, .parquet or .array_record file, or the image, "
+                          ".npy or .array_record folder, relative to the spec file",
     ("ExportSpec", "opset"): "ONNX opset of the exported model",
     ("QuantizeSpec", "method"): "`dynamic` (int8 weights, activations quantized at run time), "
                                 "`static` (int8, activation ranges calibrated on training "
