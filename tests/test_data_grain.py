@@ -44,7 +44,7 @@ outputs:
   digit: {}
 data: {source: npy, path: arrays, validation_split: 0}
 train:
-  epochs: 3
+  epochs: 2
   batch_size: 64
   loss: sparse_categorical_crossentropy
   metrics: [accuracy]
@@ -78,6 +78,14 @@ def _fit(path, *overrides, workers="auto", **kwargs):
     return trainer, trainer.fit(data, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory):
+    """The npy folder's samples trained from memory on the device: what every streamed run
+    below must equal, bit for bit."""
+    path = _write(tmp_path_factory.mktemp("memory"))
+    return _fit(path, "train.pipeline=device")[1]
+
+
 def _same(a, b):
     for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), strict=True):
         np.testing.assert_array_equal(x, y)
@@ -104,21 +112,21 @@ def test_element_is_a_pure_function_of_the_position(tmp_path):
     assert [element.where(p) for p in (2, 3, 4)] == [(1, 8), (2, 0), (2, 4)]
 
 
-def test_array_record_through_grain_workers_equals_in_memory(tmp_path):
+def test_array_record_through_grain_workers_equals_in_memory(tmp_path, memory):
     """Records decoded in two Grain worker processes, streamed: the weights of the same
     samples trained from memory on the device, bit for bit."""
     path = _write(tmp_path)
-    _, memory = _fit(path, "train.pipeline=device", "train.epochs=2")
-    trainer, records = _fit(path, "data.source=array_record", "data.path=records",
-                            "train.epochs=2", workers=2)
+    trainer, records = _fit(path, "data.source=array_record", "data.path=records", workers=2)
     assert trainer.pipeline == "stream"
     _same(records, memory)
     assert records.metrics["test"] == memory.metrics["test"]
 
 
-def test_stopped_mid_epoch_records_the_loader_and_resumes_bit_identical(tmp_path, monkeypatch):
+def test_stopped_mid_epoch_records_the_loader_and_resumes_bit_identical(tmp_path, monkeypatch,
+                                                                       memory):
+    """A streamed npy run stopped mid-epoch, resumed from its checkpoint: the in-memory
+    run's weights and history."""
     path = _write(tmp_path)
-    _, whole = _fit(path)
     monkeypatch.setattr(engine, "FIRST_SPAN", 2)
     monkeypatch.setattr(engine, "CHUNK_SECONDS", 1e-9)  # one step a chunk after the first
     calls = iter(range(1000))
@@ -128,7 +136,7 @@ def test_stopped_mid_epoch_records_the_loader_and_resumes_bit_identical(tmp_path
              stop=lambda: next(calls) == 12)
     store.close()
     step = max(store.manager.all_steps())
-    assert step % 10 not in (0,)  # mid-epoch (10 steps an epoch)
+    assert step % 10 != 0  # mid-epoch (10 steps an epoch)
     files = [f for f in (tmp_path / "ckpt" / str(step)).rglob("*") if f.is_file()
              and b'"loader"' in f.read_bytes()]
     record = json.loads(files[0].read_text())
@@ -138,8 +146,8 @@ def test_stopped_mid_epoch_records_the_loader_and_resumes_bit_identical(tmp_path
     store = Checkpoints(str(tmp_path / "ckpt"), keep=3)
     _, resumed = _fit(path, "train.checkpoint.every_steps=4", checkpoints=store, resume=True)
     store.close()
-    _same(resumed, whole)
-    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
+    _same(resumed, memory)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in memory.history]
 
 
 def test_bad_record_files_are_located_errors(tmp_path):
@@ -177,7 +185,7 @@ def test_sigkill_mid_epoch_on_a_streamed_npy_set_resumes_bit_identical(tmp_path)
     """Through the CLI: SIGKILL a streamed run after its second epoch began, --resume, and
     the weights file equals an uninterrupted run's."""
     path = _write(tmp_path)
-    text = SPEC.replace("epochs: 3", "epochs: 8").replace(
+    text = SPEC.replace("epochs: 2", "epochs: 8").replace(
         "pipeline: stream", "pipeline: stream\n  checkpoint: {every_steps: 3, keep: 2}")
     path.write_text(text)
     base = [sys.executable, "-m", "nnspec", "train", str(path), "-q", "--out"]
@@ -218,8 +226,8 @@ def test_streamed_image_folder_decodes_in_workers_to_the_eager_weights(tmp_path)
                         stream="stream")
     assert type(lazy.train.x["pixels"]).__name__ == "ImageColumn"
     assert isinstance(lazy.test.x["pixels"], np.ndarray)
-    _, eager = _fit(path, "train.pipeline=device", "train.epochs=2")
-    trainer, streamed = _fit(path, "train.epochs=2", workers=1)
+    _, eager = _fit(path, "train.pipeline=device")
+    trainer, streamed = _fit(path, workers=1)
     assert trainer.pipeline == "stream"
     _same(streamed, eager)
     # A file whose header reads but whose pixels do not: its path, when a batch reads it.
