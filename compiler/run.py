@@ -135,7 +135,10 @@ def _prepare(loaded: LoadedSpec, data: Dataset | None = None) -> tuple[Graph, An
     return graph, heads, data
 
 
-def _plots(out_dir: str, graph: Graph, loaded: LoadedSpec, result: Any, heads: list) -> None:
+def _plots(out_dir: str, graph: Graph, loaded: LoadedSpec, result: Any, heads: list,
+           found: dict[str, list[str]] | None = None) -> None:
+    """curves.png and a confusion matrix per classifier head, its classes named by the spec's
+    labels or else the ones the data gave (`found`: a table's label column, image folders)."""
     from nnspec.compiler.train.evaluation import confusion_matrix
     from nnspec.compiler.train.losses import CLASSIFICATION
     from nnspec.compiler.train.plots import plot_confusion, plot_curves
@@ -147,9 +150,11 @@ def _plots(out_dir: str, graph: Graph, loaded: LoadedSpec, result: Any, heads: l
             continue
         classes = graph.output_node(head.output).shape[-1]
         labels = ((loaded.spec.outputs or {}).get(head.output) or None)
-        names = labels.labels if labels and labels.labels else None
         matrix = confusion_matrix(result.predictions[split][head.output],
                                   result.targets[split][head.output], classes)
+        names = labels.labels if labels and labels.labels else (found or {}).get(head.output)
+        if names is not None and len(names) != len(matrix) and not (labels and labels.labels):
+            names = None  # the data's names do not fit this head's matrix: indices
         suffix = "" if len(heads) == 1 else f"_{head.output}"
         plot_confusion(matrix, names, os.path.join(out_dir, f"confusion{suffix}.png"),
                        title=f"{loaded.spec.name}: {head.output} ({split})")
@@ -283,7 +288,7 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
     if not primary:
         return RunResult(out_dir, metrics, {})
     save_weights(os.path.join(out_dir, WEIGHTS), result.variables)
-    _plots(out_dir, graph, loaded, result, heads)
+    _plots(out_dir, graph, loaded, result, heads, data.labels)
     write_json(os.path.join(out_dir, "metrics.json"), metrics)
 
     # Class names the data gave (a table's label column, image folder names), unless the

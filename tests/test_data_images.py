@@ -99,3 +99,28 @@ def test_formats_and_a_path_label_csv_read_the_same_pixels(tmp_path):
     classes = sorted({NAMES[int(y)] for y in digits["y"][:40]})
     assert [classes[c] for c in data.train.y["digit"]] == [NAMES[int(digits["y"][i])]
                                                            for i in order]
+
+
+def test_confusion_plot_names_the_folder_classes(tmp_path, monkeypatch):
+    """No labels in the spec: the confusion matrix's rows are the class folders' names."""
+    from types import SimpleNamespace
+
+    from nnspec.compiler import run
+    from nnspec.compiler.graph.ir import check_spec
+    from nnspec.compiler.train import plots
+
+    write_folders(tmp_path / "digits", count=100)
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    loaded, _ = check_spec(tmp_path / "spec.yaml")
+    graph, heads, data = run._prepare(loaded)
+    y = data.test.y["digit"]
+    result = SimpleNamespace(history=[{"epoch": 1, "loss": 1.0}],
+                             predictions={"test": {"digit": np.eye(10)[y]}},
+                             targets={"test": {"digit": y}})
+    seen, real = [], plots.plot_confusion
+    monkeypatch.setattr(plots, "plot_confusion",
+                        lambda matrix, names, path, **kw: (seen.append((names, matrix)),
+                                                           real(matrix, names, path, **kw)))
+    run._plots(str(tmp_path), graph, loaded, result, heads, data.labels)
+    assert seen[0][0] == sorted(NAMES) and (tmp_path / "confusion.png").stat().st_size > 0
+    assert np.trace(seen[0][1]) == len(y)  # the predictions given: all right
