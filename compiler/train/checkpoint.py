@@ -3,7 +3,9 @@
 A checkpoint holds the whole training state (parameters, other variable collections, optimizer
 state, learning-rate scale, early-stopping state and best weights) plus a JSON record of where
 training stands (epoch, batch within the epoch, step, history). The data order needs no state:
-each epoch's permutation is derived from the seed and the epoch number.
+each epoch's permutation is derived from the seed and the epoch number. The record's `loader`
+names the streamed route's position (epoch, step, seed, and the Grain loader's chunk size and
+workers): a Grain element is a pure function of its position, so resuming there is exact.
 
 The record also holds a SHA-256 of the state's arrays, checked on restore: a checkpoint whose
 files changed after they were written (a bad disk, a partial copy) is refused with a message
