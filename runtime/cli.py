@@ -28,7 +28,8 @@ def add_predict(verbs: Any, overrides: dict | None = None) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--input", required=True, action="extend", nargs="+", metavar="FILE",
                    help=".npy batch (or one sample), .npz with one array per input, .csv (one "
-                   "sample per row, optional header) or .png/.jpg/.jpeg images; several files "
+                   "sample per row, optional header), .parquet (a table model's rows; needs "
+                   "pyarrow) or .png/.jpg/.jpeg images; several files "
                    "(or --input repeated) are concatenated along the batch axis")
     p.add_argument("--format", choices=("json", "csv"), default="json",
                    help="json (default): every output; csv: one row per sample (class, label, "

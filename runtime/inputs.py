@@ -3,9 +3,9 @@ images when installed).
 
 Inputs: `.npy` (a batch, or one sample), `.npz` (one array per input), `.csv` (numeric, an
 optional header row, one sample per row; for a model trained on a table, its raw rows by
-column name) and images (`.png`, `.jpg`, `.jpeg`, `.bmp`, `.webp`). Several files
-are concatenated along the batch axis. Outputs: JSON (the whole report) or CSV (one row per
-sample).
+column name), `.parquet` (a table model's rows; needs pyarrow) and images (`.png`, `.jpg`,
+`.jpeg`, `.bmp`, `.webp`). Several files are concatenated along the batch axis. Outputs:
+JSON (the whole report) or CSV (one row per sample).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from nnspec.runtime.model import InputError, Model, TensorInfo
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-SUFFIXES = (".npy", ".npz", ".csv", *IMAGE_SUFFIXES)
+SUFFIXES = (".npy", ".npz", ".csv", ".parquet", *IMAGE_SUFFIXES)
 _CHANNELS = {1: "L", 3: "RGB", 4: "RGBA"}
 
 Inputs = np.ndarray | dict[str, np.ndarray]
@@ -56,7 +56,7 @@ def _read_one(path: str, model: Model) -> Inputs:
     if not os.path.isfile(path):
         raise InputError(f"no such file {path!r}")
     suffix = os.path.splitext(path)[1].lower()
-    if suffix == ".csv" and "table" in model.metadata:
+    if suffix in (".csv", ".parquet") and "table" in model.metadata:
         # A model trained on a table: raw rows by column name (nnspec.runtime.tables).
         from nnspec.runtime.tables import TableError, read_table_inputs
 
@@ -66,6 +66,9 @@ def _read_one(path: str, model: Model) -> Inputs:
             raise InputError(str(err)) from None
     if suffix == ".csv":
         return _read_csv(path, model)
+    if suffix == ".parquet":
+        raise InputError(f"{path!r}: .parquet rows feed a model trained on a table (source "
+                         "csv/parquet); give this model .npy, .npz, .csv or images")
     if suffix in IMAGE_SUFFIXES:
         return _read_image(path, model)
     try:

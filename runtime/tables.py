@@ -174,10 +174,43 @@ def read_csv(path: str, needed: Sequence[str]) -> tuple[dict[str, list[str]], li
     return cells, lines
 
 
+def read_parquet(path: str, needed: Sequence[str]) -> tuple[dict[str, Any], int]:
+    """The cells of the `needed` columns of a Parquet file as training reads them (numbers as
+    float64 arrays, other columns as Python values) and the row count. Needs pyarrow, the
+    runtime's one optional dependency; raises `TableError` when it or a column is missing."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TableError([(0, f"{path}: reading .parquet needs pyarrow "
+                           "(pip install pyarrow), or give the rows as .csv")]) from None
+    try:
+        header = list(pq.read_schema(path).names)
+        absent = [c for c in needed if c not in header]
+        if absent:
+            raise TableError([(0, missing_columns_message(absent, header, path))])
+        table = pq.read_table(path, columns=list(needed))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TableError([(0, f"{path}: cannot read it as Parquet: {err}")]) from None
+    cells: dict[str, Any] = {}
+    for c in needed:
+        column = table.column(c)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            cells[c] = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        else:
+            cells[c] = column.to_pylist()
+    return cells, table.num_rows
+
+
 def read_table_inputs(path: str, metadata: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """The model inputs from the rows of a CSV, by the model's `table` metadata; the label and
-    any other column the model does not read are ignored."""
+    """The model inputs from the rows of a CSV or Parquet file, by the model's `table`
+    metadata; the label and any other column the model does not read are ignored."""
     spec = json.loads(metadata["table"])["inputs"]
+    if path.lower().endswith(".parquet"):
+        cells, count = read_parquet(path, columns_needed(spec))
+        if not count:
+            raise TableError([(0, f"{path} holds no data rows")])
+        return encode(spec, cells, lambda i: f"{path}: row {i + 1}")
     cells, lines = read_csv(path, columns_needed(spec))
     if not lines:
         raise TableError([(0, f"{path} holds no data rows")])

@@ -115,3 +115,23 @@ def test_evaluate_rereads_the_table(penguins_run):
     metrics = json.loads((penguins_run / "metrics.json").read_text())
     assert report["samples"] == 69
     assert report["species"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_predict_on_parquet_rows_reproduces_the_evaluation(penguins_run, tmp_path):
+    """The same test rows as a Parquet file (numbers typed, strings and nulls as Parquet holds
+    them): the evaluation's predictions exactly."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from nnspec.runtime import load
+
+    data, rows_csv, _ = _test_rows(tmp_path)
+    table = pcsv.read_csv(rows_csv, convert_options=pcsv.ConvertOptions(
+        null_values=["NA", ""], strings_can_be_null=True))
+    pq.write_table(table, tmp_path / "rows.parquet")
+    result = run_cli("predict", str(penguins_run / "model.onnx"), "--input",
+                     str(tmp_path / "rows.parquet"))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)["outputs"]["species"]
+    evaluated = load(penguins_run / "model.onnx").predict(data.test.x)["species"]
+    assert np.array_equal(np.array(out["values"], np.float32), evaluated)
