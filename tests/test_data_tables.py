@@ -135,3 +135,29 @@ def test_predict_on_parquet_rows_reproduces_the_evaluation(penguins_run, tmp_pat
     out = json.loads(result.stdout)["outputs"]["species"]
     evaluated = load(penguins_run / "model.onnx").predict(data.test.x)["species"]
     assert np.array_equal(np.array(out["values"], np.float32), evaluated)
+
+
+def test_evaluate_encodes_with_the_preprocessing_the_model_ships(penguins_run, tmp_path):
+    """The training rows' island names changed since training (so the vocabulary re-learned
+    from the file would map the test rows' "Dream" to the out-of-vocabulary id): evaluate
+    encodes the test rows with the model's shipped vocabulary, the arrays training evaluated."""
+    import shutil
+
+    from nnspec.compiler.export.evaluate import _split_of, model_spec
+    from nnspec.runtime import load
+
+    data, _, _ = _test_rows(tmp_path)
+    (tmp_path / "data").mkdir()
+    lines = CSV.read_text().splitlines()
+    for i in data.sources["train"]:
+        lines[i + 1] = lines[i + 1].replace(",Dream,", ",Dreamland,")
+    (tmp_path / "data" / "penguins.csv").write_text("\n".join(lines) + "\n")
+    shutil.copy(PENGUINS, tmp_path / "penguins.yaml")
+    model = load(penguins_run / "model.onnx")
+    spec = model_spec(model)
+    relearned = make_dataset(spec.data, spec.inputs, ["species"], str(tmp_path)).test
+    assert not np.array_equal(relearned.x["island"], data.test.x["island"])
+    samples, _ = _split_of(model, spec, ["species"], "test", None, str(tmp_path))
+    for name in data.test.x:
+        np.testing.assert_array_equal(samples.x[name], data.test.x[name])
+    np.testing.assert_array_equal(samples.y["species"], data.test.y["species"])

@@ -68,12 +68,41 @@ def _split_of(model: Any, spec: Any, outputs: list[str], split: str,
     folders = [data_folder] if data_folder else [os.path.dirname(run_dir), run_dir, os.getcwd()]
     for folder in folders:
         if spec.data.path is None or os.path.exists(os.path.join(folder, spec.data.path)):
-            found = getattr(make_dataset(spec.data, spec.inputs, outputs, folder), split)
+            dataset = make_dataset(spec.data, spec.inputs, outputs, folder)
+            found = getattr(dataset, split)
             if not len(found):
                 raise UsageError(f"the {split} split is empty")
+            if dataset.table is not None and "table" in model.metadata:
+                found = _shipped_encoding(model, spec, dataset, split, found, folder)
             return found, split
     raise UsageError(f"cannot find the data file {spec.data.path!r}; pass --data-folder DIR "
                      "or --data FILE.npz")
+
+
+def _shipped_encoding(model: Any, spec: Any, dataset: Any, split: str, found: Any,
+                      folder: str) -> Any:
+    """A table split's inputs encoded by the preprocessing the model ships (its vocabularies
+    and fill values, as `nnspec predict` applies them), not the one re-learned from the file
+    now; the class names the file gives must still be the model's."""
+    from nnspec.compiler.data import tables
+    from nnspec.compiler.data.dataset import Split, fit_input
+    from nnspec.compiler.data.sources import _subset, resolve
+    from nnspec.runtime import tables as rt
+
+    shipped = json.loads(model.metadata["table"])
+    for out, meta in shipped.get("outputs", {}).items():
+        if "labels" in meta and dataset.labels.get(out, meta["labels"]) != meta["labels"]:
+            raise UsageError(f"output {out!r}: the data's classes are now "
+                             f"{dataset.labels[out]}, the model was trained on "
+                             f"{meta['labels']}")
+    path = resolve(spec.data.path or "", folder)
+    needed = rt.columns_needed(shipped["inputs"])
+    table = (tables.read_csv(path, needed)[0] if spec.data.source == "csv"
+             else tables.read_parquet(path, needed))
+    rows = np.asarray(dataset.sources[split], np.int64)
+    cells = {c: _subset(table.cells[c], rows) for c in needed}
+    x = rt.encode(shipped["inputs"], cells, lambda i: table.where(int(rows[i])))
+    return Split({n: fit_input(x[n], spec.inputs[n], n) for n in spec.inputs}, found.y)
 
 
 def evaluate_model(model: Any, split: str = "test",
