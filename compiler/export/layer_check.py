@@ -72,7 +72,7 @@ def run_example(layer: type[Layer], example: Example, batch: int = 3, free: int 
                 ) -> ExampleReport:
     """Initialise the layer and run it in Flax and, exported, in each named runtime on one
     random batch (`free` is the length given to free dimensions such as time)."""
-    from nnspec.compiler.export.onnx_graph import inferred_shapes, to_onnx
+    from nnspec.compiler.export.onnx_graph import output_shapes, to_onnx
     from nnspec.runtime.runners import RUNNERS
 
     graph = example_graph(layer, example)
@@ -85,8 +85,7 @@ def run_example(layer: type[Layer], example: Example, batch: int = 3, free: int 
     with jax.default_matmul_precision("highest"):
         expected = np.asarray(jax.jit(module.apply)(variables, inputs)["output"])
     model = to_onnx(graph, jax.device_get(variables), opset)
-    final = next(n.input[0] for n in model.graph.node if n.output[0] == "output")
-    onnx_shape = inferred_shapes(model).get(final, ())
+    onnx_shape = output_shapes(model)["output"]
     data = model.SerializeToString()
     outputs = {name: np.asarray(RUNNERS[name](data, inputs)["output"]) for name in runtimes}
     return ExampleReport(

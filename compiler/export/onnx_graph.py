@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from nnspec.compiler.export.builder import ExportError, OnnxBuilder
+from nnspec.compiler.export.simplify import simplify
 from nnspec.compiler.graph.ir import Graph
 
 IR_VERSION = 10  # what onnxruntime 1.20+ reads; onnx stamps its own (newer) IR otherwise
@@ -45,19 +46,28 @@ def to_onnx(graph: Graph, variables: Mapping[str, Any], opset: int,
         with g.scoped(node.name):
             g.input_shapes = tuple(graph.shape_of(i) for i in node.inputs)
             tensors[node.name] = node.layer.onnx(g, *[tensors[i] for i in node.inputs])
+    nodes = simplify(g.nodes, {tensors[src] for src in graph.outputs.values()}, opset)
+    named: dict[str, str] = {}  # tensor -> the output name it took
+    produced = {t for node in nodes for t in node.output}
     outputs = []
     for out, src in graph.outputs.items():
-        g.nodes.append(helper.make_node("Identity", [tensors[src]], [out], name=out))
+        tensor = named.get(tensors[src], tensors[src])
+        if tensors[src] in produced and tensors[src] not in named:
+            # The producing node writes the output itself: no Identity node in between.
+            _rename(nodes, tensors[src], out)
+            named[tensors[src]] = tensor = out
+        elif tensor != out:
+            nodes.append(helper.make_node("Identity", [tensor], [out], name=out))
         shape = graph.node(src).shape
         outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, _dims(out, shape)))
         if out in argmax:
-            g.nodes.append(helper.make_node("ArgMax", [tensors[src]], [f"{out}_class"],
-                                            name=f"{out}_class", axis=-1, keepdims=0))
+            nodes.append(helper.make_node("ArgMax", [out], [f"{out}_class"],
+                                          name=f"{out}_class", axis=-1, keepdims=0))
             outputs.append(helper.make_tensor_value_info(f"{out}_class", TensorProto.INT64,
                                                          _dims(out, shape[:-1])))
     inputs = [helper.make_tensor_value_info(name, _DTYPES[spec.dtype], _dims(name, spec.shape))
               for name, spec in graph.inputs.items()]
-    proto = helper.make_graph(g.nodes, graph.name, inputs, outputs, g.initializers)
+    proto = helper.make_graph(nodes, graph.name, inputs, outputs, g.initializers)
     model = helper.make_model(proto, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="nnspec", producer_version=_version(), doc_string=doc)
     model.ir_version = IR_VERSION
@@ -77,17 +87,32 @@ def inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     return shapes
 
 
+def _rename(nodes: list[onnx.NodeProto], old: str, new: str) -> None:
+    for node in nodes:
+        for field in (node.input, node.output):
+            for i, name in enumerate(field):
+                if name == old:
+                    field[i] = new
+
+
+def output_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    """The graph outputs' shapes as ONNX infers them (not as the model declares them)."""
+    free = onnx.ModelProto.FromString(model.SerializeToString())
+    for vi in free.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    shapes = inferred_shapes(free)
+    return {vi.name: shapes.get(vi.name, ()) for vi in free.graph.output}
+
+
 def check_shapes(model: onnx.ModelProto, graph: Graph) -> None:
     """Assert that ONNX shape inference agrees with ours on every output."""
-    shapes = inferred_shapes(model)
-    for node in model.graph.node:
-        if node.op_type == "Identity" and node.output[0] in graph.outputs:
-            ours = graph.node(graph.outputs[node.output[0]]).shape
-            theirs = shapes.get(node.input[0])
-            if theirs is not None and tuple(theirs[1:]) != tuple(
-                    d if d is not None else theirs[1:][i] for i, d in enumerate(ours)):
-                raise ExportError(f"output {node.output[0]!r}: ONNX infers shape {theirs[1:]}, "
-                                  f"nnspec inferred {ours}")
+    shapes = output_shapes(model)
+    for out, src in graph.outputs.items():
+        ours, theirs = graph.node(src).shape, shapes.get(out)
+        if theirs is not None and tuple(theirs[1:]) != tuple(
+                d if d is not None else theirs[1:][i] for i, d in enumerate(ours)):
+            raise ExportError(f"output {out!r}: ONNX infers shape {theirs[1:]}, "
+                              f"nnspec inferred {ours}")
 
 
 def _to_numpy(tree: Any) -> Any:

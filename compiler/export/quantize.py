@@ -37,6 +37,7 @@ import numpy as np
 
 from nnspec._io import write_bytes, write_json
 from nnspec.compiler.data.dataset import Dataset, Split, make_dataset
+from nnspec.compiler.export.simplify import unfuse_gemm
 from nnspec.spec.errors import DataError
 from nnspec.spec.schema import DataSpec, InputSpec
 
@@ -138,7 +139,10 @@ def quantize_model(model_path: str | os.PathLike, out_path: str | os.PathLike, m
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             ops = dynamic_op_types()
-            quantize_dynamic(model_path, result_path, op_types_to_quantize=ops,
+            # The dynamic quantizer skips Gemm: hand it the same function as MatMul + Add.
+            unfused = os.path.join(tmp, "unfused.onnx")
+            onnx.save(unfuse_gemm(source), unfused)
+            quantize_dynamic(unfused, result_path, op_types_to_quantize=ops,
                              per_channel=per_channel, weight_type=QuantType.QInt8)
             settings.update(weights="int8", activations="uint8, quantized at run time",
                             per_channel=per_channel, op_types=ops)

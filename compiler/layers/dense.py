@@ -55,6 +55,8 @@ class Dense(Layer):
                         kernel_init=flax_initializer(self.kernel_initializer))(x)
 
     def onnx(self, g: Any, x: str) -> str:
-        # MatMul rather than Gemm: Gemm is 2-D only, Dense applies to any rank.
-        y = g.op("MatMul", x, g.param("kernel"))
-        return g.op("Add", y, g.param("bias")) if self.use_bias else y
+        bias = [g.param("bias")] if self.use_bias else []
+        if len(g.input_shapes[0]) == 1:  # (batch, features): one Gemm, as torch.onnx writes
+            return g.op("Gemm", x, g.param("kernel"), *bias)
+        y = g.op("MatMul", x, g.param("kernel"))  # Gemm is 2-D only; Dense takes any rank
+        return g.op("Add", y, *bias) if bias else y
