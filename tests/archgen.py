@@ -8,9 +8,10 @@ the layer's own shape rule accepts its input shapes, so a new layer file is reac
 edit here (its parity examples give its parameters until a sampler is written below). Nothing
 here imports JAX: drawing thousands of specs is instant.
 
-The checks live in tests/archcheck.py; to run thousands (see README, Development):
+The checks live in tests/archcheck.py, the search in tests/archsearch.py; to run thousands
+(see README, Development):
 
-    python tests/archgen.py --count 2000 --seed 1
+    python tests/archgen.py --count 2000 --seed 1 --jobs 2
 """
 
 from __future__ import annotations
@@ -269,6 +270,6 @@ def layer_types(spec: dict[str, Any]) -> set[str]:
 
 
 if __name__ == "__main__":
-    import archcheck
+    import archsearch
 
-    sys.exit(archcheck.main(sys.argv[1:]))
+    sys.exit(archsearch.main(sys.argv[1:]))

@@ -18,7 +18,7 @@ from nnspec.spec.errors import SpecError
 from nnspec.spec.validate import LoadedSpec, validate_document
 from nnspec.spec.yamlio import load_text
 
-SEEDS = range(5)  # ~2-10 s each; seed 5 ran past minutes here (not yet explained)
+SEEDS = range(24)  # ~1 s each idle (one XLA program a spec, compiled at level 0)
 
 HEAD = "version: 1\nname: regression\n"
 
