@@ -343,3 +343,31 @@ def test_sha256sums_verify(documented, tmp_path):
         check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tampered,
                                capture_output=True, text=True)
         assert check.returncode != 0 and "metrics.json: FAILED" in check.stdout
+
+
+def test_the_gate_reads_a_binary_logit_output_as_its_loss_did(tmp_path):
+    """A binary classifier trained from logits (no sigmoid ends it) predicts the positive class
+    for a score above 0; read as a probability (above 0.5) a score of 0.3 would be wrong."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from nnspec.compiler.data.dataset import Split
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"], name="y")], "logit",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    spec = {"outputs": {"y": {"loss": {"name": "binary_crossentropy"}}}}
+    helper.set_model_props(model, {
+        "resolved_spec": json.dumps(spec),
+        "loss_forms": json.dumps({"y": {"loss": "binary_crossentropy", "form": "logits"}})})
+    path = tmp_path / "logit.onnx"
+    onnx.save(model, str(path))
+    scores = np.array([[0.3], [2.0], [-0.2], [-3.0]], np.float32)
+    labels = np.array([[1], [1], [0], [0]], np.float32)
+    assert evaluate_accuracy(path, Split({"x": scores}, {"y": labels})) == {
+        "y": {"accuracy": 1.0}}

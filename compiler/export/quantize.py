@@ -228,7 +228,18 @@ def output_tasks(resolved: Mapping[str, Any]) -> dict[str, str]:
 
 def predict(model_path: str | os.PathLike, x: Mapping[str, np.ndarray],
             batch: int = _BATCH) -> dict[str, np.ndarray]:
-    """Outputs by name of the model on all samples of `x`, in batches, with onnxruntime."""
+    """Outputs by name of the model on all samples of `x`, in batches, with onnxruntime, read
+    as probabilities where the model says its loss took an output as logits (`loss_forms`
+    metadata): a binary logit is a positive class above 0, not above 0.5."""
+    from nnspec.compiler.train.heads import probabilities
+
+    raw = _predict(model_path, x, batch)
+    forms = json.loads(_metadata(os.fspath(model_path)).get("loss_forms") or "{}")
+    return {n: probabilities(v, **forms[n]) if n in forms else v for n, v in raw.items()}
+
+
+def _predict(model_path: str | os.PathLike, x: Mapping[str, np.ndarray],
+             batch: int) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(os.fspath(model_path), providers=["CPUExecutionProvider"])
