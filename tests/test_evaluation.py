@@ -444,3 +444,15 @@ def test_neither_module_imports_jax():
             "assert not any(m == 'jax' or m.startswith('jax.') for m in sys.modules)\n"
             "assert 'matplotlib.pyplot' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_multi_label_accuracy_is_per_label_not_an_argmax():
+    """Three independent sigmoid labels: 5 of 6 labels right, though the argmax of the
+    outputs matches the argmax of the targets in neither sample."""
+    from nnspec.compiler.train.evaluation import evaluate_predictions
+
+    probs = np.array([[0.8, 0.9, 0.1], [0.2, 0.7, 0.6]])
+    targets = np.array([[1, 1, 0], [0, 0, 1]])
+    assert evaluate_predictions(probs, targets, ["accuracy"], multi_label=True) == {
+        "accuracy": pytest.approx(5 / 6)}
+    assert evaluate_predictions(probs, targets, ["accuracy"]) == {"accuracy": 0.0}

@@ -132,7 +132,9 @@ def evaluate_model(model: Any, split: str = "test",
         if not metrics and classifier and "accuracy" not in wanted:
             wanted.insert(0, "accuracy")
         result = evaluate_predictions(values, samples.y[out], wanted,
-                                      spec.train.top_k if spec.train else 5)
+                                      spec.train.top_k if spec.train else 5,
+                                      multi_label=loss is not None
+                                      and loss.name == "binary_crossentropy")
         if loss is not None:
             value = numpy_loss(loss.name, values, samples.y[out])
             if value is not None:

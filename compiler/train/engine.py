@@ -24,7 +24,7 @@ from nnspec.compiler.graph.ir import Graph
 from nnspec.compiler.train.distributed import agree, replicate, same
 from nnspec.compiler.train.heads import Head, check_targets, loss_form
 from nnspec.compiler.train.losses import LOSSES, logits_of, scores_of
-from nnspec.compiler.train.metrics import METRICS
+from nnspec.compiler.train.metrics import metric_fn
 from nnspec.compiler.train.module import TrainingModule
 from nnspec.compiler.train.optimizers import make_optimizer
 from nnspec.compiler.train.pipeline import (
@@ -181,7 +181,7 @@ class Trainer:
                 sums[self._key(head, "loss")] = loss * jnp.sum(mask)
             for metric in head.metrics:
                 if metric in on_device and target.ndim <= out.ndim:
-                    sums[self._key(head, metric)] = METRICS[metric](
+                    sums[self._key(head, metric)] = metric_fn(metric, head.loss.name)(
                         jax.lax.stop_gradient(scores), target, mask)
         sums["loss"] = total * jnp.sum(mask)
         return total, sums
@@ -293,8 +293,9 @@ class Trainer:
             if head.metrics:
                 scores = np.asarray(scores_of(self.forms[head.output], head.loss.name,
                                               jnp.asarray(predictions[head.output])))
-                found = evaluate_predictions(scores, split.y[head.output],
-                                             head.metrics, self.spec.top_k)
+                found = evaluate_predictions(
+                    scores, split.y[head.output], head.metrics, self.spec.top_k,
+                    multi_label=head.loss.name == "binary_crossentropy")
                 result.update({self._key(head, k): v for k, v in found.items()})
         return result, predictions if keep else {}
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["METRICS", "accuracy", "auc", "confusion_matrix", "evaluate_predictions", "f1",
-           "mae", "precision", "r2", "recall", "rmse", "top_k_accuracy"]
+__all__ = ["METRICS", "accuracy", "auc", "binary_accuracy", "confusion_matrix",
+           "evaluate_predictions", "f1", "mae", "precision", "r2", "recall", "rmse",
+           "top_k_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -273,12 +274,25 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
+def binary_accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """Fraction of labels predicted right when each unit is its own sigmoid (above 0.5 is 1):
+    the accuracy of a multi-label output, as Keras' `binary_accuracy`."""
+    outputs, targets = np.asarray(outputs), np.asarray(targets)
+    _check_lengths(outputs, targets)
+    if targets.size != outputs.size:
+        raise ValueError(f"a multi-label output of shape {outputs.shape} needs one 0/1 target "
+                         f"per unit; the targets have shape {targets.shape}")
+    return float(np.mean((outputs.reshape(-1) > 0.5) == (targets.reshape(-1) > 0.5)))
+
+
 def evaluate_predictions(outputs: np.ndarray, targets: np.ndarray, metrics: Sequence[str],
-                         top_k: int = 5) -> dict[str, float]:
+                         top_k: int = 5, multi_label: bool = False) -> dict[str, float]:
     """Each named metric of `outputs` against `targets` over the whole split, by name.
 
-    `top_k` is the k of `top_k_accuracy`. Raises ValueError, listing the valid names, for an
-    unknown metric (before computing any), and for outputs and targets that do not fit.
+    `top_k` is the k of `top_k_accuracy`. `multi_label` (an output trained with binary
+    cross-entropy) makes `accuracy` per label (`binary_accuracy`) rather than an argmax.
+    Raises ValueError, listing the valid names, for an unknown metric (before computing any),
+    and for outputs and targets that do not fit.
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -289,6 +303,8 @@ def evaluate_predictions(outputs: np.ndarray, targets: np.ndarray, metrics: Sequ
     for name in metrics:
         if name == "top_k_accuracy":
             result[name] = top_k_accuracy(outputs, targets, top_k)
+        elif name == "accuracy" and multi_label:
+            result[name] = binary_accuracy(outputs, targets)
         else:
             result[name] = METRICS[name](outputs, targets)
     return result
