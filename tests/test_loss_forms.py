@@ -201,3 +201,23 @@ def test_a_logits_model_exports_logits_and_evaluates_as_trained(tmp_path, capsys
         assert report[head][metric] == pytest.approx(expected[f"{head}_{metric}"], abs=1e-6)
     for head in ("digit", "big"):
         assert report[head]["loss"] == pytest.approx(expected[f"{head}_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize(("units", "ending", "loss", "refused"), [
+    (10, "softmax", "sparse_categorical_crossentropy", True),
+    (3, "sigmoid", "binary_crossentropy", True),   # three independent labels
+    (2, "softmax", "sparse_categorical_crossentropy", False),
+    (1, "sigmoid", "binary_crossentropy", False),
+])
+def test_a_binary_only_metric_on_a_multi_class_output_is_refused_at_validate(
+        tmp_path, units, ending, loss, refused):
+    """auc is defined for one binary output: on ten classes it used to fail after training."""
+    path = _spec(tmp_path, ENDINGS[ending], loss, units=units)
+    path.write_text(path.read_text().replace("metrics: [accuracy]", "metrics: [accuracy, auc]"))
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "metrics:" in t)
+    result = run_cli("validate", str(path))
+    assert result.returncode == (2 if refused else 0), result.stderr
+    if refused:
+        assert f"{path}:{line}:" in result.stderr and "metric 'auc' needs a binary output" in (
+            result.stderr) and f"has {units} units" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -166,9 +166,30 @@ def loss_forms(loaded: LoadedSpec, graph: Graph) -> dict[str, tuple[str, str]]:
             forms[out] = (loss.name, loss_form(graph, out, loss.name))
         except ValueError as err:
             problems.append(Problem(loaded.doc.source.locate(where), f"outputs.{out}: {err}"))
+        problems += _metric_problems(loaded, graph, out, loss.name)
     if problems:
         raise SpecError(problems)
     return forms
+
+
+BINARY_ONLY = ("auc",)
+"""Metrics defined for one binary output only (no multi-class average is defined for them)."""
+
+
+def _metric_problems(loaded: LoadedSpec, graph: Graph, out: str, loss: str) -> list[Problem]:
+    """A binary-only metric on an output of more than two classes fails after training
+    otherwise: refuse it at validation, where the metric is named."""
+    spec = loaded.spec
+    own = (spec.outputs or {}).get(out)
+    metrics, where = ((own.metrics, ("outputs", out, "metrics")) if own and own.metrics is not None
+                      else (spec.train.metrics if spec.train else [], ("train", "metrics")))
+    units = graph.output_node(out).shape[-1]
+    binary = units in (1, 2) and not (loss == "binary_crossentropy" and units == 2)
+    return [Problem(loaded.doc.source.locate((*where, i)),
+                    f"metric {m!r} needs a binary output (one sigmoid unit or two softmax "
+                    f"classes); output {out!r} has {units} units"
+                    + (" of independent labels" if loss == "binary_crossentropy" else ""))
+            for i, m in enumerate(metrics) if m in BINARY_ONLY and not binary]
 
 
 def resolve_heads(loaded: LoadedSpec, graph: Graph) -> list[Head]:
