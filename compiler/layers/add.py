@@ -6,6 +6,7 @@ from functools import reduce
 from typing import Any
 
 from nnspec.compiler.layers.base import Example, Layer, Shape, describe, register
+from nnspec.spec.errors import DataError
 
 
 def merge_inputs(shapes: tuple[Shape, ...]) -> Shape:
@@ -22,6 +23,18 @@ def merge_inputs(shapes: tuple[Shape, ...]) -> Shape:
             raise ValueError(f"needs inputs of one shape (no broadcasting). Received shapes "
                              f"{got} from {{source}}")
     return first
+
+
+def check_free_lengths(xs: tuple[Any, ...], name: str) -> None:
+    """Free lengths match at validation (`merge_inputs`), but two derived from one free
+    length in different ways (a reshape folding it with 4 features, another with 5) differ
+    once data gives it a value: say so, naming the layer, rather than fail inside JAX."""
+    shapes = [tuple(x.shape) for x in xs]
+    if any(s != shapes[0] for s in shapes[1:]):
+        raise DataError(f"layer {name!r}: its inputs have shapes "
+                        f"{', '.join(str(s[1:]) for s in shapes)} on this data; a merge needs "
+                        f"one shape. Their free lengths, equal in the spec, come out different "
+                        f"here (e.g. reshapes folding one free length with different sizes)")
 
 
 @register
@@ -41,6 +54,7 @@ class Add(Layer):
         return merge_inputs(shapes)
 
     def flax(self, *xs: Any, name: str, train: bool) -> Any:
+        check_free_lengths(xs, name)
         return reduce(lambda a, b: a + b, xs)
 
     def onnx(self, g: Any, *xs: str) -> str:

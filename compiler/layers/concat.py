@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nnspec.compiler.layers.base import Example, Layer, Shape, describe, register
+from nnspec.spec.errors import DataError
 
 
 @register
@@ -54,6 +55,13 @@ class Concat(Layer):
     def flax(self, *xs: Any, name: str, train: bool) -> Any:
         import jax.numpy as jnp
 
+        a = self.axis % xs[0].ndim
+        if any(x.shape[:a] + x.shape[a + 1:] != xs[0].shape[:a] + xs[0].shape[a + 1:]
+               for x in xs[1:]):  # free lengths, equal in the spec, that the data sets apart
+            raise DataError(f"layer {name!r}: its inputs have shapes "
+                            f"{', '.join(str(x.shape[1:]) for x in xs)} on this data; only "
+                            f"axis {self.axis} may differ (their free lengths, equal in the "
+                            f"spec, come out different here)")
         return jnp.concatenate(xs, axis=self.axis)
 
     def onnx(self, g: Any, *xs: str) -> str:

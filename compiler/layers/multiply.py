@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import reduce
 from typing import Any
 
-from nnspec.compiler.layers.add import merge_inputs
+from nnspec.compiler.layers.add import check_free_lengths, merge_inputs
 from nnspec.compiler.layers.base import Example, Layer, Shape, register
 
 
@@ -26,6 +26,7 @@ class Multiply(Layer):
         return merge_inputs(shapes)
 
     def flax(self, *xs: Any, name: str, train: bool) -> Any:
+        check_free_lengths(xs, name)
         return reduce(lambda a, b: a * b, xs)
 
     def onnx(self, g: Any, *xs: str) -> str:

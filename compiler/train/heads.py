@@ -236,6 +236,11 @@ def check_targets(graph: Graph, head: Head, y: np.ndarray) -> None:
         if weights is not None and len(weights) != shape[-1]:
             raise DataError(f"output {out!r}: class_weights has {len(weights)} entries for "
                             f"{shape[-1]} classes")
+    elif None in shape:  # a free length: the targets' own, with the known sizes equal
+        if len(y.shape[1:]) != len(shape) or any(
+                d is not None and d != t for d, t in zip(shape, y.shape[1:])):
+            raise DataError(f"loss {name!r} compares output {out!r} of shape {shape} (None: a "
+                            f"free length) with targets of shape {y.shape[1:]}")
     elif int(np.prod(y.shape[1:])) != int(np.prod(shape)):
         raise DataError(f"loss {name!r} compares output {out!r} of shape {shape} with targets "
                         f"of shape {y.shape[1:]}")
