@@ -79,6 +79,178 @@ inputs: {x: {shape: [4, null]}}
 layers:
   - {type: max_pool1d, pool_size: 2, strides: 1}
 """, "Undetermined symbol"),
+    # search seed 10155 (1,150-spec search; not shrunk)
+    "tract_simple_rnn_einsum_declutter": ("""\
+version: 1
+name: random
+inputs:
+  in0:
+    shape:
+    - 1
+    - 1
+layers:
+- type: permute
+  name: l0_permute
+  dims:
+  - 1
+  - 2
+  inputs: in0
+- type: multi_head_attention
+  name: l1_multi_head_attention
+  num_heads: 3
+  key_dim: 5
+  value_dim: 5
+  causal: false
+  use_bias: false
+  inputs: l0_permute
+- type: reshape
+  name: l2_reshape
+  target_shape:
+  - -1
+- type: lstm
+  name: l3_lstm
+  units: 6
+  return_sequences: true
+  bidirectional: true
+  inputs: l0_permute
+- type: dropout
+  name: l4_dropout
+  rate: 0.45
+  inputs: l3_lstm
+- type: simple_rnn
+  name: l5_simple_rnn
+  units: 2
+  return_sequences: false
+  bidirectional: false
+- type: gaussian_noise
+  name: l6_gaussian_noise
+  stddev: 0.22
+  inputs: l5_simple_rnn
+- type: flatten
+  name: l7_flatten
+  inputs: l6_gaussian_noise
+outputs:
+  out0:
+    from: l2_reshape
+  out1:
+    from: l7_flatten
+""", 'EinSum'),
+    # search seed 10502 (1,150-spec search; not shrunk)
+    "tract_lstm_scan_clashing_batch": ("""\
+version: 1
+name: random
+inputs:
+  in0:
+    shape:
+    - null
+    - 1
+layers:
+- type: gaussian_noise
+  name: l0_gaussian_noise
+  stddev: 0.95
+  inputs: in0
+- type: softmax
+  name: l1_softmax
+  axis: -1
+  inputs: l0_gaussian_noise
+- type: lstm
+  name: l2_lstm
+  units: 6
+  return_sequences: true
+  bidirectional: false
+- type: dropout
+  name: l3_dropout
+  rate: 0.0
+  inputs: l2_lstm
+- type: relu
+  name: l4_relu
+  inputs: l3_dropout
+- type: tanh
+  name: l5_tanh
+  inputs: l4_relu
+- type: batch_norm
+  name: l6_batch_norm
+  epsilon: 1.0e-06
+  center: true
+  scale: true
+  momentum: 0.9
+- type: lstm
+  name: l7_lstm
+  units: 3
+  return_sequences: false
+  bidirectional: false
+  inputs: l6_batch_norm
+outputs:
+  out0:
+    from: l7_lstm
+""", 'Clashing resolution'),
+    # search seed 10509 (1,150-spec search; not shrunk)
+    "tract_wrong_values_after_embedding_pool": ("""\
+version: 1
+name: random
+inputs:
+  in0:
+    shape:
+    - 4
+    dtype: int32
+layers:
+- type: embedding
+  name: l0_embedding
+  input_dim: 23
+  output_dim: 6
+  inputs: in0
+- type: gaussian_noise
+  name: l1_gaussian_noise
+  stddev: 0.83
+- type: global_average_pool
+  name: l2_global_average_pool
+  inputs: l1_gaussian_noise
+- type: hard_sigmoid
+  name: l3_hard_sigmoid
+  inputs: l2_global_average_pool
+- type: reshape
+  name: l4_reshape
+  target_shape:
+  - 1
+  - 6
+  - 1
+  inputs: l3_hard_sigmoid
+- type: batch_norm
+  name: l5_batch_norm
+  epsilon: 1.0e-06
+  center: true
+  scale: false
+  momentum: 0.99
+- type: reshape
+  name: l6_reshape
+  target_shape:
+  - -1
+  - 1
+  - 1
+  - 2
+- type: relu
+  name: l7_relu
+  inputs: l0_embedding
+- type: softmax
+  name: l8_softmax
+  axis: -2
+  inputs: l7_relu
+- type: conv1d
+  name: l9_conv1d
+  filters: 1
+  kernel_size: 1
+  strides:
+  - 2
+  padding:
+  - - 0
+    - 0
+  kernel_initializer: glorot_normal
+outputs:
+  out0:
+    from: l6_reshape
+  out1:
+    from: l9_conv1d
+""", "tract output 'out1' at batch 3"),
 }
 
 
