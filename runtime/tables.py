@@ -174,10 +174,12 @@ def read_csv(path: str, needed: Sequence[str]) -> tuple[dict[str, list[str]], li
     return cells, lines
 
 
-def read_parquet(path: str, needed: Sequence[str]) -> tuple[dict[str, Any], int]:
+def read_parquet(path: str, needed: Sequence[str]
+                 ) -> tuple[dict[str, Any], int, list[str]]:
     """The cells of the `needed` columns of a Parquet file as training reads them (numbers as
-    float64 arrays, other columns as Python values) and the row count. Needs pyarrow, the
-    runtime's one optional dependency; raises `TableError` when it or a column is missing."""
+    float64 arrays, other columns as Python values), the row count and the header. Needs
+    pyarrow, the runtime's one optional dependency; raises `TableError` when it or a column is
+    missing (a missing column's problem has row -1)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -188,7 +190,7 @@ def read_parquet(path: str, needed: Sequence[str]) -> tuple[dict[str, Any], int]
         header = list(pq.read_schema(path).names)
         absent = [c for c in needed if c not in header]
         if absent:
-            raise TableError([(0, missing_columns_message(absent, header, path))])
+            raise TableError([(-1, missing_columns_message(absent, header, path))])
         table = pq.read_table(path, columns=list(needed))
     except (pa.ArrowInvalid, OSError) as err:
         raise TableError([(0, f"{path}: cannot read it as Parquet: {err}")]) from None
@@ -199,7 +201,7 @@ def read_parquet(path: str, needed: Sequence[str]) -> tuple[dict[str, Any], int]
             cells[c] = column.to_numpy(zero_copy_only=False).astype(np.float64)
         else:
             cells[c] = column.to_pylist()
-    return cells, table.num_rows
+    return cells, table.num_rows, header
 
 
 def read_table_inputs(path: str, metadata: Mapping[str, str]) -> dict[str, np.ndarray]:
@@ -207,7 +209,7 @@ def read_table_inputs(path: str, metadata: Mapping[str, str]) -> dict[str, np.nd
     metadata; the label and any other column the model does not read are ignored."""
     spec = json.loads(metadata["table"])["inputs"]
     if path.lower().endswith(".parquet"):
-        cells, count = read_parquet(path, columns_needed(spec))
+        cells, count, _ = read_parquet(path, columns_needed(spec))
         if not count:
             raise TableError([(0, f"{path} holds no data rows")])
         return encode(spec, cells, lambda i: f"{path}: row {i + 1}")

@@ -161,3 +161,19 @@ def test_evaluate_encodes_with_the_preprocessing_the_model_ships(penguins_run, t
     for name in data.test.x:
         np.testing.assert_array_equal(samples.x[name], data.test.x[name])
     np.testing.assert_array_equal(samples.y["species"], data.test.y["species"])
+
+
+def test_a_missing_parquet_column_is_named_with_a_suggestion(tmp_path):
+    """Training reads Parquet through the runtime's reader, so both say the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nnspec.compiler.data import tables
+    from nnspec.spec.errors import DataError
+
+    path = str(tmp_path / "t.parquet")
+    pq.write_table(pa.table({"bill_length": [1.0, 2.0], "species": ["a", "b"]}), path)
+    with pytest.raises(DataError, match=r"^data\.columns: .*bill_lenght.*bill_length"):
+        tables.read_parquet(path, ["bill_lenght", "species"])
+    table = tables.read_parquet(path, ["bill_length", "species"])
+    assert table.cells["species"] == ["a", "b"] and list(table.cells["bill_length"]) == [1, 2]

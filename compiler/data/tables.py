@@ -95,27 +95,14 @@ def read_csv(path: str, needed: Sequence[str]) -> tuple[Table, list[str]]:
 
 
 def read_parquet(path: str, needed: Sequence[str]) -> Table:
-    """The needed columns of a Parquet file (numbers stay numbers, strings text)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """The needed columns of a Parquet file (numbers stay numbers, strings text), read as the
+    runtime reads them for `predict`."""
     try:
-        schema = pq.read_schema(path)
-        header = list(schema.names)
-        absent = [c for c in needed if c not in header]
-        if absent:
-            raise DataError(f"data.columns: {rt.missing_columns_message(absent, header, path)}")
-        table = pq.read_table(path, columns=list(needed))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: cannot read it as Parquet: {err}") from None
-    cells: dict[str, Sequence[Any]] = {}
-    for c in needed:
-        column = table.column(c)
-        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            cells[c] = column.to_numpy(zero_copy_only=False).astype(np.float64)
-        else:
-            cells[c] = column.to_pylist()
-    return Table(path, cells, table.num_rows, lambda i: f"{path}: row {i + 1}", header)
+        cells, count, header = rt.read_parquet(path, needed)
+    except rt.TableError as err:
+        missing = err.problems and err.problems[0][0] == -1
+        raise DataError(("data.columns: " if missing else "") + str(err)) from None
+    return Table(path, cells, count, lambda i: f"{path}: row {i + 1}", header)
 
 
 def _is_numeric(cells: Sequence[Any]) -> bool:
