@@ -231,18 +231,12 @@ def predict(model_path: str | os.PathLike, x: Mapping[str, np.ndarray],
     """Outputs by name of the model on all samples of `x`, in batches, with onnxruntime, read
     as probabilities where the model says its loss took an output as logits (`loss_forms`
     metadata): a binary logit is a positive class above 0, not above 0.5."""
-    from nnspec.compiler.train.heads import probabilities
-
-    raw = _predict(model_path, x, batch)
-    forms = json.loads(_metadata(os.fspath(model_path)).get("loss_forms") or "{}")
-    return {n: probabilities(v, **forms[n]) if n in forms else v for n, v in raw.items()}
-
-
-def _predict(model_path: str | os.PathLike, x: Mapping[str, np.ndarray],
-             batch: int) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
+    from nnspec.compiler.train.heads import probabilities
+
     session = ort.InferenceSession(os.fspath(model_path), providers=["CPUExecutionProvider"])
+    forms = json.loads(session.get_modelmeta().custom_metadata_map.get("loss_forms") or "{}")
     names = [o.name for o in session.get_outputs()]
     inputs = [i.name for i in session.get_inputs()]
     count = len(x[inputs[0]])
@@ -251,7 +245,8 @@ def _predict(model_path: str | os.PathLike, x: Mapping[str, np.ndarray],
         values = session.run(None, {n: x[n][start:start + batch] for n in inputs})
         for n, v in zip(names, values):
             parts[n].append(v)
-    return {n: np.concatenate(v) for n, v in parts.items()}
+    raw = {n: np.concatenate(v) for n, v in parts.items()}
+    return {n: probabilities(v, **forms[n]) if n in forms else v for n, v in raw.items()}
 
 
 def _classes(values: np.ndarray) -> np.ndarray:
