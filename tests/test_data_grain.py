@@ -214,7 +214,8 @@ IMAGES = SPEC.replace("pixels: {shape: [8, 8], dtype: uint8}",
 
 def test_streamed_image_folder_decodes_in_workers_to_the_eager_weights(tmp_path):
     """A streamed image folder is checked (format, size) up front and decoded in a Grain
-    worker as batches are read: the weights of the same folder decoded up front."""
+    worker as batches are read, its validation and test splits as they are evaluated: the
+    weights, losses and metrics of the same folder decoded up front."""
     from PIL import Image
     from test_data_images import write_folders
 
@@ -224,12 +225,17 @@ def test_streamed_image_folder_decodes_in_workers_to_the_eager_weights(tmp_path)
     loaded = load_spec(path)
     lazy = make_dataset(loaded.spec.data, loaded.spec.inputs, ["digit"], loaded.folder,
                         stream="stream")
-    assert type(lazy.train.x["pixels"]).__name__ == "ImageColumn"
-    assert isinstance(lazy.test.x["pixels"], np.ndarray)
+    for split in (lazy.train, lazy.validation, lazy.test):  # every split stays on disk
+        assert type(split.x["pixels"]).__name__ == "ImageColumn"
     _, eager = _fit(path, "train.pipeline=device")
     trainer, streamed = _fit(path, workers=1)
     assert trainer.pipeline == "stream"
     _same(streamed, eager)
+    # Validation and test evaluated through the files, a chunk at a time: the same numbers.
+    assert [r["val_loss"] for r in streamed.history] == [r["val_loss"] for r in eager.history]
+    assert streamed.metrics == eager.metrics
+    np.testing.assert_array_equal(streamed.predictions["test"]["digit"],
+                                  eager.predictions["test"]["digit"])
     # A file whose header reads but whose pixels do not: its path, when a batch reads it.
     victim = lazy.train.x["pixels"].files[7]
     noise = np.random.default_rng(0).integers(0, 256, (8, 8), np.uint8)

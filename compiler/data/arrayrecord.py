@@ -101,8 +101,10 @@ class RecordColumn:
             out[i] = decode(record, f"{self.paths[0]}: record {r + self.lo}")[self.key]
         return out.reshape((*rows.shape, *self.shape[1:]))
 
-    def take(self, indices: Any, axis: int = 0) -> np.ndarray:
-        if axis != 0:
+    def take(self, indices: Any, axis: int = 0, out: Any = None, mode: str = "raise"
+             ) -> np.ndarray:
+        # out/mode: `np.take` passes them; without them it would read every record.
+        if axis != 0 or out is not None:
             raise ValueError("RecordColumn.take reads along axis 0 only")
         rows = np.asarray(indices, np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):

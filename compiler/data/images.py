@@ -133,7 +133,11 @@ class ImageColumn:
     def __len__(self) -> int:
         return len(self.files)
 
-    def take(self, indices: object, axis: int = 0) -> np.ndarray:
+    def take(self, indices: object, axis: int = 0, out: object = None,
+             mode: str = "raise") -> np.ndarray:
+        # out/mode: `np.take` passes them; without them it would decode the whole split.
+        if axis != 0 or out is not None:
+            raise ValueError("ImageColumn.take reads along axis 0 only")
         rows = np.asarray(indices, np.int64)
         out = np.empty((rows.size, *self.shape[1:]), self.dtype)
         for i, r in enumerate(rows.reshape(-1).tolist()):
@@ -169,8 +173,8 @@ def image_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
                   spec_folder: str, labels: Mapping[str, list[str]], stream: str = "auto"
                   ):  # -> Dataset
     """An `images` source as a `Dataset` (one image input, one class output). Streamed
-    (`_lazy`), the training images are only checked (format, size) here and decoded when
-    read; a file that fails to decode then stops training with its path."""
+    (`_lazy`), the images of every split are only checked (format, size) here and decoded
+    when read; a file that fails to decode then stops training with its path."""
     from nnspec.compiler.data.dataset import Dataset, Split, fit_input
     from nnspec.compiler.data.sources import fail_or_skip, resolve, split_rows
 
@@ -215,11 +219,13 @@ def image_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
     if lazy:
         column = ImageColumn([files[i] for i in keep], spec, data.resize == "resize", name)
 
-        def split(at: np.ndarray, eager: bool = True) -> Split:
+        # Every split stays on disk: evaluation reads validation and test a chunk of batches
+        # at a time (`feed.eval_batches`), as training reads its split.
+        def split(at: np.ndarray) -> Split:
             part = ImageColumn([column.files[i] for i in at], spec, column.resize, name)
-            return Split({name: np.asarray(part) if eager else part}, {out: y[at]})
+            return Split({name: part}, {out: y[at]})
 
-        parts = (split(train, eager=False), split(val), split(test))
+        parts = (split(train), split(val), split(test))
     else:
         x = np.stack([pixels[i] for i in keep])
 

@@ -28,6 +28,7 @@ from nnspec.compiler.train.metrics import metric_fn
 from nnspec.compiler.train.module import TrainingModule
 from nnspec.compiler.train.optimizers import make_optimizer
 from nnspec.compiler.train.pipeline import (
+    STREAM_CHUNK_BYTES,
     Route,
     abstract_rows,
     choose_loop,
@@ -272,15 +273,20 @@ class Trainer:
                  keep: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Loss and every metric of `variables` on a whole split (inference mode); metrics
         are computed over the whole split at once (exact macro F1, AUC...)."""
+        from nnspec.compiler.train import feed
         from nnspec.compiler.train.evaluation import evaluate_predictions
 
         step = step or self.eval_step()
         idx, mask = _padded_batches(len(split), min(EVAL_BATCH, len(split)))
         total: dict[str, Any] | None = None
         outputs: dict[str, list[np.ndarray]] = {h.output: [] for h in self.heads}
-        for b in range(len(idx)):
-            part = split.take(idx[b])
-            sums, outs = step(variables, part.x, part.y, mask[b])
+        # A split read from disk (Parquet row groups, image files, records) is read a chunk of
+        # batches at a time, ahead of the step; in memory, each batch is indexed.
+        batches = (feed.eval_batches(split.x, split.y, idx, STREAM_CHUNK_BYTES)
+                   if feed.is_lazy(split.x) else
+                   ((p.x, p.y) for p in (split.take(idx[b]) for b in range(len(idx)))))
+        for b, (xs, ys) in enumerate(batches):
+            sums, outs = step(variables, xs, ys, mask[b])
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
             real = mask[b] > 0
             for name in outputs:

@@ -40,7 +40,11 @@ def epoch_rows(seed: int, epoch: int, n: int, idx0: np.ndarray) -> np.ndarray:
 def gather(arrays: Mapping[str, Any], rows: np.ndarray) -> dict[str, np.ndarray]:
     """arrays[rows] for a block of row indices, each source read in ascending row order (one
     pass over the file instead of random seeks; `take` puts each row where it belongs)."""
-    return {k: np.asarray(np.take(v, rows, axis=0)) for k, v in arrays.items()}
+    # A lazy column's own `take` (image files, records, Parquet row groups), called directly:
+    # `np.take` passes `out=`/`mode=`, and on the TypeError of a `take` without them it falls
+    # back to `np.asarray(column)`, decoding the whole split for every chunk.
+    return {k: np.asarray(np.take(v, rows, axis=0) if isinstance(v, np.ndarray)
+                          else v.take(rows, axis=0)) for k, v in arrays.items()}
 
 
 class ChunkAt:
@@ -146,3 +150,34 @@ def _absl_flags_parsed() -> None:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+def is_lazy(arrays: Mapping[str, Any]) -> bool:
+    """Whether some array is read from disk when indexed (not an array in memory)."""
+    return any(not isinstance(v, np.ndarray) and hasattr(v, "take") for v in arrays.values())
+
+
+def eval_batches(x: Mapping[str, Any], y: Mapping[str, Any], idx: np.ndarray, budget: int
+                 ) -> Any:
+    """`(x[idx[b]], y[idx[b]])` for every batch b of an evaluation, read a chunk of batches at a
+    time (about `budget` bytes: one pass over the files per chunk, rows in file order) with the
+    next chunk read on a thread while the current one is evaluated. The same arrays, batch
+    for batch, as indexing a split in memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sample = sum(np.asarray(v[:1]).nbytes for v in (*x.values(), *y.values()))
+    per = int(max(1, min(len(idx), budget // max(1, sample * idx.shape[1]))))
+    starts = list(range(0, len(idx), per))
+
+    def read(lo: int) -> tuple[dict, dict]:
+        rows = idx[lo:lo + per]
+        return gather(x, rows), gather(y, rows)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnspec-eval-read") as pool:
+        ahead = pool.submit(read, starts[0]) if starts else None
+        for i, _ in enumerate(starts):
+            xs, ys = ahead.result()
+            if i + 1 < len(starts):
+                ahead = pool.submit(read, starts[i + 1])
+            for j in range(len(next(iter(xs.values())))):
+                yield {k: v[j] for k, v in xs.items()}, {k: v[j] for k, v in ys.items()}
