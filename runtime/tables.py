@@ -194,6 +194,16 @@ def read_parquet(path: str, needed: Sequence[str]
         table = pq.read_table(path, columns=list(needed))
     except (pa.ArrowInvalid, OSError) as err:
         raise TableError([(0, f"{path}: cannot read it as Parquet: {err}")]) from None
+    return arrow_cells(table, needed), table.num_rows, header
+
+
+def arrow_cells(table: Any, needed: Sequence[str]) -> dict[str, Any]:
+    """The cells of the `needed` columns of a pyarrow Table or RecordBatch as training and
+    `predict` read them: numeric columns as float64 arrays (NaN where null), other columns as
+    Python values. One conversion for a whole file, a row group or a few of its rows, so every
+    way of reading a Parquet file encodes to the same bits."""
+    import pyarrow as pa
+
     cells: dict[str, Any] = {}
     for c in needed:
         column = table.column(c)
@@ -201,7 +211,7 @@ def read_parquet(path: str, needed: Sequence[str]
             cells[c] = column.to_numpy(zero_copy_only=False).astype(np.float64)
         else:
             cells[c] = column.to_pylist()
-    return cells, table.num_rows, header
+    return cells
 
 
 def read_table_inputs(path: str, metadata: Mapping[str, str]) -> dict[str, np.ndarray]:

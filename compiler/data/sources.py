@@ -61,9 +61,13 @@ def _subset(cells: Sequence[Any], index: np.ndarray) -> Sequence[Any]:
 
 
 def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequence[str],
-                  spec_folder: str, labels: Mapping[str, list[str]]) -> Dataset:
-    """A `csv`/`parquet` source as a `Dataset`, with its `table` metadata."""
-    from nnspec.compiler.data import tables
+                  spec_folder: str, labels: Mapping[str, list[str]], stream: str = "auto"
+                  ) -> Dataset:
+    """A `csv`/`parquet` source as a `Dataset`, with its `table` metadata. A Parquet file
+    whose encoded inputs would not fit the device budget (`parquet.lazy`) stays on disk: its
+    encoding is learned in passes over its record batches, and its splits are `TableColumn`s
+    read by row group."""
+    from nnspec.compiler.data import parquet, tables
 
     tables.check_columns(data, list(inputs), outputs)
     columns = data.column_specs()
@@ -72,25 +76,34 @@ def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
         raise DataError(f"data.path: no such file {path!r}")
     needed = list(dict.fromkeys(c for e in columns.values() for c in e.columns))
     malformed: list[str] = []
+    source = None
     if data.source == "csv":
         table, malformed = tables.read_csv(path, needed)
     else:
-        table = tables.read_parquet(path, needed)
+        source = parquet.ParquetRows(path, needed)
+        if not parquet.lazy(stream, inputs, source.rows):
+            source, table = None, tables.read_parquet(path, needed)
+    chunks = source.blocks if source is not None else tables.whole(table)
+    count = source.rows if source is not None else table.rows
     for name in outputs:
         if len(columns[name].columns) != 1 and columns[name].type == "categorical":
             raise DataError(f"data.columns.{name}: a categorical output reads one column, "
                             f"got {columns[name].columns}")
-    kinds = tables.resolve_types(columns, table)
-    problems, classes = tables.check_rows(columns, kinds, table, outputs, labels)
+    kinds = tables.resolve_types(columns, chunks)
+    problems, classes = tables.check_rows(columns, kinds, chunks, outputs, labels)
     bad, messages = fail_or_skip(data, [(-1 - i, m) for i, m in enumerate(malformed)]
                                  + problems, "row")
-    rows = np.array([i for i in range(table.rows) if i not in bad], np.int64)
+    keep = np.ones(count, bool)
+    keep[[i for i in bad if i >= 0]] = False
+    rows = np.flatnonzero(keep).astype(np.int64)
     if not len(rows):
         raise DataError(f"{path}: no usable data rows")
-    y_all = tables.targets(columns, kinds, table, outputs, classes)
+    y_all = tables.targets(columns, kinds, chunks, outputs, classes)
     y = {k: v[rows] for k, v in y_all.items()}
     train, val, test = split_rows(data, y[outputs[0]], rows)
-    spec = tables.fit(columns, kinds, table, rows[train], inputs)
+    in_train = np.zeros(count, bool)
+    in_train[rows[train]] = True
+    spec = tables.fit(columns, kinds, chunks, in_train, inputs)
     for name, entry in spec.items():
         got = sum(rt.width(item) for item in entry["columns"])
         want = inputs[name].shape
@@ -98,11 +111,16 @@ def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
             parts = ", ".join(f"{i['name']}: {rt.width(i)}" for i in entry["columns"])
             raise DataError(f"input {name!r} takes {math.prod(want)} values per sample "
                             f"(shape {tuple(want)}); its columns give {got} ({parts})")
+    if source is not None:
+        source.encoding, source.inputs = spec, dict(inputs)
 
     def split(at: np.ndarray) -> Split:
-        source = rows[at]
-        cells = {c: _subset(table.cells[c], source) for c in needed}
-        x = rt.encode(spec, cells, lambda i: table.where(int(source[i])))
+        origin = rows[at]
+        if source is not None:
+            return Split({n: parquet.TableColumn(source, origin, n) for n in inputs},
+                         {k: v[at] for k, v in y.items()})
+        cells = {c: _subset(table.cells[c], origin) for c in needed}
+        x = rt.encode(spec, cells, lambda i: table.where(int(origin[i])))
         return Split({n: fit_input(x[n], inputs[n], n) for n in inputs},
                      {k: v[at] for k, v in y.items()})
 
@@ -118,9 +136,9 @@ def named_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
                   spec_folder: str, labels: Mapping[str, list[str]], stream: str = "auto"
                   ) -> Dataset:
     """The `Dataset` of a `csv`, `parquet` or `images` source (`stream`: `train.pipeline`;
-    streamed image folders decode their training images lazily)."""
+    streamed image folders and Parquet files are read as their samples are)."""
     if data.source == "images":
         from nnspec.compiler.data.images import image_dataset
 
         return image_dataset(data, inputs, outputs, spec_folder, labels, stream)
-    return table_dataset(data, inputs, outputs, spec_folder, labels)
+    return table_dataset(data, inputs, outputs, spec_folder, labels, stream)

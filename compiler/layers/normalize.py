@@ -17,6 +17,8 @@ from nnspec.compiler.layers.base import (
     register,
 )
 
+ADAPT_ROWS = 65_536
+"""Samples a block of the statistics' sums."""
 _module_cls = None
 
 
@@ -108,8 +110,25 @@ class Normalize(Layer):
         centred = g.op("Sub", x, g.param("mean", collection="stats"))
         return g.op("Div", centred, g.param("std", collection="stats"))
 
-    def statistics(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-feature mean and standard deviation of training samples `x` (adapt)."""
-        flat = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-        return {"mean": flat.mean(0).astype(np.float32),
-                "std": (flat.std(0) + self.epsilon).astype(np.float32)}
+    def statistics(self, x: Any) -> dict[str, np.ndarray]:
+        """Per-feature mean and standard deviation of training samples `x` (adapt), in two
+        passes over blocks of `ADAPT_ROWS` samples: a set larger than memory (memory-mapped,
+        or read from disk when indexed) is never held whole, and the sums are cut into the
+        same blocks wherever the samples live, so the statistics are the same bits."""
+        n, features = len(x), x.shape[-1]
+
+        def blocks() -> Any:
+            for lo in range(0, n, ADAPT_ROWS):
+                yield np.asarray(x[lo:lo + ADAPT_ROWS], np.float64).reshape(-1, features)
+
+        count = n * int(np.prod(x.shape[1:-1], dtype=np.int64))
+        total = np.zeros(features)
+        for block in blocks():
+            total = total + block.sum(0)
+        mean = total / max(count, 1)
+        squares = np.zeros(features)
+        for block in blocks():
+            centred = block - mean
+            squares = squares + (centred * centred).sum(0)
+        std = np.sqrt(squares / max(count, 1))
+        return {"mean": mean.astype(np.float32), "std": (std + self.epsilon).astype(np.float32)}

@@ -61,6 +61,9 @@ def data_sha256(splits: dict[str, Any]) -> str:
                 head = np.asarray(value[:1])
                 shape = (len(value), *head.shape[1:])
                 digest.update(f"{split_name}/{kind}/{name}:{head.dtype.str}{shape}".encode())
+                if hasattr(value, "fingerprint"):  # a lazy Parquet column: file, encoding, rows
+                    digest.update(value.fingerprint())
+                    continue
                 # In blocks of rows: a memory-mapped or lazy set larger than memory is
                 # hashed without being read whole (the digest is the same as in one piece).
                 step = max(1, HASH_BLOCK_BYTES // max(head.nbytes, 1))
