@@ -65,6 +65,12 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _lstm_status() -> str | None:
+    from nnspec.compiler.kernels.lstm import status
+
+    return status()
+
+
 def parity_inputs(graph: Graph, data: Dataset, samples: int) -> dict[str, Any]:
     """Held-out samples for the cross-check: test first, then validation, then training."""
     split = data.test if len(data.test) else data.validation if len(data.validation) else (
@@ -279,6 +285,8 @@ def train_run(loaded: LoadedSpec, out_dir: str, log: Callable[[str], None] = lam
         "devices": jax.device_count(),
         "loop": trainer.loop,
         "pipeline": trainer.pipeline,
+        # Which path an LSTM took ("fused CPU kernel" or "XLA (why)"); absent without one.
+        **({"lstm": lstm_path} if (lstm_path := _lstm_status()) else {}),
         "input_wait_seconds": result.input_wait_seconds,
         # The environment that shapes CPU speed and numerics (nnspec/_cpu.py sets both).
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -21,7 +21,7 @@ def _sources() -> dict[str, Path]:
     files = {}
     for folder, target in MAPPED.items():
         for path in (ROOT / folder).rglob("*"):
-            if path.suffix in (".py", ".npz") and "__pycache__" not in path.parts:
+            if path.suffix in (".py", ".npz", ".cc") and "__pycache__" not in path.parts:
                 files[f"{target}/{path.relative_to(ROOT / folder).as_posix()}"] = path
     return files
 
@@ -42,6 +42,7 @@ def test_wheel_has_every_module_and_data_file(wheel):
     missing = sorted(set(_sources()) - names)
     assert not missing, f"left out of the wheel (add them to pyproject.toml): {missing}"
     assert "nnspec/compiler/data/digits.npz" in names
+    assert "nnspec/compiler/kernels/lstm.cc" in names  # the fused LSTM, built on first use
     assert not [n for n in names if n.startswith(("spec/", "compiler/", "runtime/", "cli/"))]
 
 

@@ -95,6 +95,13 @@ class Recurrent(Layer):
         """The hidden state `h` in a cell's carry (the LSTM's carry is `(c, h)`)."""
         return carry
 
+    def flax_rnn(self) -> Any:
+        """The linen recurrence module class: `nn.RNN`, or a subclass with the same parameters
+        that runs faster where it can (the LSTM's fused CPU kernel)."""
+        import flax.linen as nn
+
+        return nn.RNN
+
     def onnx_weights(self, cell: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One direction's `W (G*H, F)`, `R (G*H, H)`, `B (2*G*H,)` from linen cell params."""
         raise NotImplementedError
@@ -105,16 +112,17 @@ class Recurrent(Layer):
         import flax.linen as nn
         import jax.numpy as jnp
 
+        rnn_class = self.flax_rnn()
         if self.bidirectional:
             # Params land at params[name]["forward_rnn" | "backward_rnn"]["cell"].
             # parent=None: built unbound, so Bidirectional adopts them under its own name.
-            directions = [nn.RNN(self.flax_cell(), parent=None) for _ in range(2)]
+            directions = [rnn_class(self.flax_cell(), parent=None) for _ in range(2)]
             rnn = nn.Bidirectional(*directions, return_carry=True, name=name)
             (forward, backward), y = rnn(x)
             if self.return_sequences:
                 return y
             return jnp.concatenate([self.hidden(forward), self.hidden(backward)], axis=-1)
-        carry, y = nn.RNN(self.flax_cell(), return_carry=True, name=name)(x)
+        carry, y = rnn_class(self.flax_cell(), return_carry=True, name=name)(x)
         return y if self.return_sequences else self.hidden(carry)
 
     def onnx(self, g: Any, x: str) -> str:

@@ -27,6 +27,14 @@ class LSTM(Recurrent):
         # Same parameters and function as nn.LSTMCell, with the four gates' matmuls fused.
         return nn.OptimizedLSTMCell(self.units, parent=None)
 
+    def flax_rnn(self) -> Any:
+        # On the CPU the recurrence runs as one fused kernel call per direction and pass
+        # (compiler/kernels/lstm.py); elsewhere, when the kernel cannot be built, or with
+        # NNSPEC_FUSED_RNN=0, it is nn.RNN.
+        from nnspec.compiler.kernels.lstm import fast_rnn
+
+        return fast_rnn()
+
     @staticmethod
     def hidden(carry: Any) -> Any:
         return carry[1]

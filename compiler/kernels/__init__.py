@@ -1,0 +1,1 @@
+"""Native CPU kernels called through `jax.ffi`, built on first use (see build.py)."""
