@@ -266,3 +266,31 @@ def test_two_hosts_each_read_their_columns_and_train_as_one(tmp_path):
     assert (training["processes"], training["pipeline"]) == (2, "stream")
     a, b = _history(tmp_path / "two"), _history(tmp_path / "four")
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
+
+
+def test_streamed_image_folder_with_skip_finds_bad_pixels_before_training(tmp_path):
+    """A file whose header reads but whose pixels do not: streamed with `on_error: skip` it is
+    found up front (every image decoded once) and left out of every split, so the run stays a
+    function of the seed; streamed with `fail` the header check passes and training stops
+    with the file's path (exit 2) when a Grain worker reads its batch."""
+    from PIL import Image
+    from test_data_images import write_folders
+
+    write_folders(tmp_path / "digits", count=120)
+    path = tmp_path / "images.yaml"
+    path.write_text(IMAGES)
+    victim = sorted((tmp_path / "digits").rglob("*.png"))[5]
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8), np.uint8)
+    Image.fromarray(noise, mode="L").save(victim)
+    with open(victim, "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) // 2)
+    loaded = load_spec(path)
+    skip = loaded.spec.data.model_copy(update={"on_error": "skip"})
+    lazy = make_dataset(skip, loaded.spec.inputs, ["digit"], loaded.folder, stream="stream")
+    assert len(lazy.skipped) == 1 and str(victim) in lazy.skipped[0]
+    assert str(victim) not in [f for files in lazy.sources.values() for f in files]
+    assert type(lazy.train.x["pixels"]).__name__ == "ImageColumn"
+    result = run_cli("train", str(path), "--set", "train.pipeline=stream", "--set",
+                     "data.workers=1", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{victim}: cannot read it as an image" in result.stderr

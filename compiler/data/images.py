@@ -195,10 +195,19 @@ def image_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
     pixels: dict[int, np.ndarray] = {}
     sizes: dict[tuple[int, ...], str] = {}
     lazy = _lazy(stream, spec, len(files))
+    # Streamed with `on_error: skip`, every image is decoded once here and its pixels dropped:
+    # the samples to skip must be known before training, since dropping one mid-epoch would
+    # change every later batch (and the run would no longer be a function of the seed).
+    # Streamed with `fail`, a header check suffices: a file whose pixels do not decode stops
+    # training with its path when its batch is read.
+    full_check = lazy and data.on_error == "skip"
     for i, f in enumerate(files):
         try:
             if lazy:
-                sizes.setdefault(check_header(f, spec.shape, data.resize == "resize", name), f)
+                shape = (decode(f, spec.shape, data.resize == "resize", name).shape
+                         if full_check else
+                         check_header(f, spec.shape, data.resize == "resize", name))
+                sizes.setdefault(shape, f)
                 continue
             pixels[i] = decode(f, spec.shape, data.resize == "resize", name)
         except DataError as err:
