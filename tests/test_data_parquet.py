@@ -106,6 +106,8 @@ def test_lazy_reads_equal_the_file_in_memory_and_bad_cells_are_located(tmp_path)
     kept = [make_dataset(skip, spec.inputs, ["species"], loaded.folder, stream=s)
             for s in ("stream", "device")]
     assert kept[0].skipped == kept[1].skipped and len(kept[0].skipped) == 1
-    assert 300 not in kept[0].sources["train"] + kept[0].sources["test"]
+    for k in kept:
+        assert 300 not in [*k.sources["train"], *k.sources["validation"], *k.sources["test"]]
+    assert all(np.array_equal(kept[0].sources[s], kept[1].sources[s]) for s in kept[1].sources)
     np.testing.assert_array_equal(np.asarray(kept[0].train.x["measurements"]),
                                   kept[1].train.x["measurements"])

@@ -23,6 +23,7 @@ than a chunk); where that is too slow, write the encoded inputs as `.npy` files 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -81,15 +82,22 @@ class ParquetRows:
         import pyarrow.parquet as pq
 
         try:
-            self._file = pq.ParquetFile(self.path)
+            # pre_buffer off: with it, a ParquetFile keeps every range iter_batches read alive
+            # until it is closed (the whole file after one pass; measured, pyarrow 26).
+            self._file = pq.ParquetFile(self.path, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{self.path}: cannot read it as Parquet: {err}") from None
+        # Grain calls the element from several threads of one process: the cache and the
+        # memo are shared under a lock, each thread reads through its own file handle.
         self._cache: OrderedDict[int, Any] = OrderedDict()
         self._memo: tuple[bytes, dict[str, np.ndarray]] | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
         return self._file
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_file", "_cache", "_memo")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_file", "_cache", "_memo", "_lock", "_local")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -107,13 +115,22 @@ class ParquetRows:
             first += batch.num_rows
 
     def _group(self, g: int) -> Any:
-        if g in self._cache:
-            self._cache.move_to_end(g)
-            return self._cache[g]
-        table = self._file.read_row_group(g, columns=self.needed)
-        self._cache[g] = table
-        while len(self._cache) > 1 and sum(t.nbytes for t in self._cache.values()) > CACHE_BYTES:
-            self._cache.popitem(last=False)
+        with self._lock:
+            table = self._cache.get(g)
+            if table is not None:
+                self._cache.move_to_end(g)
+                return table
+        handle = getattr(self._local, "file", None)
+        if handle is None:
+            import pyarrow.parquet as pq
+
+            handle = self._local.file = pq.ParquetFile(self.path, pre_buffer=False)
+        table = handle.read_row_group(g, columns=self.needed)
+        with self._lock:
+            self._cache[g] = table
+            held = sum(t.nbytes for t in self._cache.values())
+            while len(self._cache) > 1 and held > CACHE_BYTES:
+                held -= self._cache.popitem(last=False)[1].nbytes
         return table
 
     def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -126,8 +143,9 @@ class ParquetRows:
 
         flat = np.asarray(rows, np.int64).reshape(-1)
         key = flat.tobytes()
-        if self._memo is not None and self._memo[0] == key:
-            return self._memo[1]
+        memo = self._memo  # one read: another thread may replace it meanwhile
+        if memo is not None and memo[0] == key:
+            return memo[1]
         order = np.argsort(flat, kind="stable")
         ordered = flat[order]
         groups = np.searchsorted(self.starts, ordered, side="right") - 1

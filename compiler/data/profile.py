@@ -103,7 +103,8 @@ def profile(loaded: LoadedSpec, outputs: Sequence[str]) -> dict[str, Any]:
     for i in range(min(FIRST, len(data.train))):
         sample: dict[str, Any] = {}
         if data.sources.get("train"):
-            sample["source"] = data.sources["train"][i]
+            source = data.sources["train"][i]  # a streamed table's rows: a numpy array
+            sample["source"] = source.item() if isinstance(source, np.generic) else source
         if spec.source != "images":
             sample["inputs"] = {k: _plain(v[i]) for k, v in data.train.x.items()}
         for out in outputs:
@@ -124,7 +125,7 @@ def contact_sheet(data: Dataset, path: str, labels: Sequence[str] = (), count: i
     from nnspec._io import write_bytes
 
     name = next(iter(data.train.x))
-    images = data.train.x[name][:count]
+    images = np.asarray(data.train.x[name][:count])  # a streamed folder's: decoded here
     out = next(iter(data.train.y))
     labels = data.labels.get(out) or list(labels)
     if images.ndim == 4 and images.shape[1] in (1, 3, 4) and images.shape[-1] not in (1, 3, 4):

@@ -67,7 +67,7 @@ def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
     whose encoded inputs would not fit the device budget (`parquet.lazy`) stays on disk: its
     encoding is learned in passes over its record batches, and its splits are `TableColumn`s
     read by row group."""
-    from nnspec.compiler.data import parquet, tables
+    from nnspec.compiler.data import parquet, tables, tablestats
 
     tables.check_columns(data, list(inputs), outputs)
     columns = data.column_specs()
@@ -83,14 +83,14 @@ def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
         source = parquet.ParquetRows(path, needed)
         if not parquet.lazy(stream, inputs, source.rows):
             source, table = None, tables.read_parquet(path, needed)
-    chunks = source.blocks if source is not None else tables.whole(table)
+    chunks = source.blocks if source is not None else tablestats.whole(table)
     count = source.rows if source is not None else table.rows
     for name in outputs:
         if len(columns[name].columns) != 1 and columns[name].type == "categorical":
             raise DataError(f"data.columns.{name}: a categorical output reads one column, "
                             f"got {columns[name].columns}")
-    kinds = tables.resolve_types(columns, chunks)
-    problems, classes = tables.check_rows(columns, kinds, chunks, outputs, labels)
+    kinds = tablestats.resolve_types(columns, chunks)
+    problems, classes = tablestats.check_rows(columns, kinds, chunks, outputs, labels)
     bad, messages = fail_or_skip(data, [(-1 - i, m) for i, m in enumerate(malformed)]
                                  + problems, "row")
     keep = np.ones(count, bool)
@@ -98,12 +98,12 @@ def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
     rows = np.flatnonzero(keep).astype(np.int64)
     if not len(rows):
         raise DataError(f"{path}: no usable data rows")
-    y_all = tables.targets(columns, kinds, chunks, outputs, classes)
+    y_all = tablestats.targets(columns, kinds, chunks, outputs, classes)
     y = {k: v[rows] for k, v in y_all.items()}
     train, val, test = split_rows(data, y[outputs[0]], rows)
     in_train = np.zeros(count, bool)
     in_train[rows[train]] = True
-    spec = tables.fit(columns, kinds, chunks, in_train, inputs)
+    spec = tablestats.fit(columns, kinds, chunks, in_train, inputs)
     for name, entry in spec.items():
         got = sum(rt.width(item) for item in entry["columns"])
         want = inputs[name].shape
@@ -128,8 +128,10 @@ def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
             "outputs": {n: {"columns": columns[n].columns, **(
                 {"labels": classes[n]} if n in classes else {})} for n in outputs}}
     return Dataset(split(train), split(val), split(test), labels=dict(classes), table=meta,
-                   sources={"train": rows[train].tolist(), "validation": rows[val].tolist(),
-                            "test": rows[test].tolist()}, skipped=messages)
+                   sources={k: rows[at] if source is not None else rows[at].tolist()
+                            for k, at in (("train", train), ("validation", val),
+                                          ("test", test))},
+                   skipped=messages)
 
 
 def named_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequence[str],
