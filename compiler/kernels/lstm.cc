@@ -7,8 +7,8 @@
 // gate math fused in one pass over the row. The batch is split into contiguous row blocks, one
 // per thread; rows never interact, so threads only meet at the end of the call.
 //
-// Layouts (row-major, time-major): xp (T,B,4H) input projection with the bias already added,
-// u (H,4H) recurrent kernel, gates i,f,g,o (Flax's order). Forward saves the gates' activations
+// Layouts (row-major, time-major): xp (T,B,4H) input projection, u (H,4H) recurrent kernel,
+// bias (4H), gates i,f,g,o (Flax's order). Forward saves the gates' activations
 // (T,B,4H), the cell states (T,B,H) and the hidden states (T,B,H). Backward takes those and
 // every step's h cotangent and returns the gates' pre-activation gradients dz (T,B,4H) and the
 // initial state's cotangents; the weight gradients are large matmuls over dz done by XLA.
@@ -45,13 +45,19 @@ struct Dims {
 
 // Rows [b0, b1) of the forward recurrence.
 void forward_rows(Dims d, int64_t b0, int64_t b1, const float* xp, const float* u,
-                  const float* c0, const float* h0, float* gates, float* cs, float* hs) {
+                  const float* bias, const float* c0, const float* h0, float* gates, float* cs,
+                  float* hs) {
   const int64_t H = d.h, G = 4 * H, B = d.b, rows = b1 - b0;
   for (int64_t t = 0; t < d.t; ++t) {
     const float* hprev = (t ? hs + (t - 1) * B * H : h0) + b0 * H;
     const float* cprev = (t ? cs + (t - 1) * B * H : c0) + b0 * H;
     float* z = gates + (t * B + b0) * G;
-    std::memcpy(z, xp + (t * B + b0) * G, sizeof(float) * rows * G);
+    // z = xp + bias, then z += h_prev @ u (the bias added here saves XLA a pass over xp).
+    const float* xpt = xp + (t * B + b0) * G;
+    for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+      for (int64_t j = 0; j < G; ++j) z[r * G + j] = xpt[r * G + j] + bias[j];
+    }
     sgemm(kRowMajor, kNoTrans, kNoTrans, rows, G, H, 1.f, hprev, H, u, G, 1.f, z, G);
     float* c = cs + (t * B + b0) * H;
     float* h = hs + (t * B + b0) * H;
@@ -153,8 +159,9 @@ void split_rows(ffi::ThreadPool& pool, int64_t batch, int64_t threads, F fn) {
   // Late tasks hold `s` (shared) and find no block left; fn's captures are not used by them.
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> c0,
-                   ffi::Buffer<ffi::F32> h0, ffi::ThreadPool pool, int64_t threads,
+ffi::Error Forward(ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> u,
+                   ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> h0,
+                   ffi::ThreadPool pool, int64_t threads,
                    ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> cs,
                    ffi::ResultBuffer<ffi::F32> hs) {
   auto dims = xp.dimensions();
@@ -163,8 +170,8 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> u, ffi::Buffe
   }
   const Dims d{dims[0], dims[1], u.dimensions()[0]};
   split_rows(pool, d.b, threads, [&](int64_t b0, int64_t b1) {
-    forward_rows(d, b0, b1, xp.typed_data(), u.typed_data(), c0.typed_data(), h0.typed_data(),
-                 gates->typed_data(), cs->typed_data(), hs->typed_data());
+    forward_rows(d, b0, b1, xp.typed_data(), u.typed_data(), bias.typed_data(),
+                 c0.typed_data(), h0.typed_data(), gates->typed_data(), cs->typed_data(), hs->typed_data());
   });
   return ffi::Error::Success();
 }
@@ -193,6 +200,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NnspecLstmForward, Forward,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
