@@ -120,3 +120,77 @@ def test_conv2d_layer_training_gradient_equals_plain_flax():
     ours, plain = jax.grad(loss(Ours()))(params), jax.grad(loss(Plain()))(params)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+PATCH_CASES = [  # input shape, Conv2D/Conv1D parameters: few input taps take the patches path
+    ((3, 9, 8, 1), {"filters": 5, "kernel_size": 3}),
+    ((2, 7, 6, 1), {"filters": 4, "kernel_size": [3, 2], "padding": "same", "dilation": [2, 1]}),
+    ((2, 6, 6, 2), {"filters": 3, "kernel_size": 2, "padding": [[1, 0], [0, 1]],
+                    "use_bias": False}),
+    ((2, 10, 3), {"filters": 4, "kernel_size": 5, "padding": "same"}),
+]
+
+
+@pytest.mark.parametrize(("shape", "params"), PATCH_CASES, ids=lambda c: str(c)[:40])
+def test_few_tap_convolutions_as_patches_equal_plain_flax(shape, params):
+    """Patches times kernel (bias folded in as a column of ones): the same output, kernel,
+    bias and input gradients as nn.Conv, and no convolution left in the forward pass."""
+    import flax.linen as nn
+
+    from nnspec.compiler.layers.conv1d import Conv1D
+    from nnspec.compiler.layers.conv2d import Conv2D
+
+    layer = (Conv2D if len(shape) == 4 else Conv1D).model_validate(params)
+    args = layer.flax_args()
+    pads = layer.pads_for(shape[1:])
+
+    class Ours(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return layer.flax(x, name="conv", train=True)
+
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Conv(padding=pads, name="conv", **args)(x)
+
+    x, _ = data(shape, (1,))
+    params_ = Plain().init(jax.random.key(0), x)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params_,
+                                     Ours().init(jax.random.key(0), x)))
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(Ours().apply)(params_, x))
+    np.testing.assert_allclose(Ours().apply(params_, x), Plain().apply(params_, x),
+                               rtol=1e-5, atol=1e-6)
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)) * jnp.arange(7.0).sum())
+
+    want = jax.grad(loss(Plain()), (0, 1))(params_, x)
+    for got in (jax.grad(loss(Ours()), (0, 1))(params_, x),
+                jax.jit(jax.grad(loss(Ours()), (0, 1)))(params_, x)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_gradient_equals_reshape_max_with_ties():
+    """_fast_pool.py: the same values and the same gradient, bit for bit, as JAX's own rule
+    for the reshape-and-max pool, ties (shared equally) included; 2-D and 1-D windows."""
+    from nnspec.compiler.layers._fast_pool import max_pool_exact
+
+    rng = np.random.default_rng(0)
+    for shape, size in (((2, 6, 8, 3), (2, 2)), ((2, 9, 4, 2), (3, 2)), ((3, 8, 2), (4,))):
+        # Rounded values tie often: 2, 3 and 4 equal maxima per window all occur.
+        x = jnp.asarray(np.round(rng.normal(size=shape)), jnp.float32)
+        split = [d for n, k in zip(shape[1:-1], size) for d in (n // k, k)]
+
+        def plain(v, size=size, split=split):
+            axes = tuple(range(2, 2 * len(size) + 1, 2))
+            return v.reshape(v.shape[0], *split, v.shape[-1]).max(axis=axes)
+
+        g = jnp.asarray(rng.normal(size=plain(x).shape), jnp.float32)
+        np.testing.assert_array_equal(max_pool_exact(x, size), plain(x))
+        want = jax.vjp(plain, x)[1](g)[0]
+        assert len(np.unique(np.asarray(want))) > 3  # shares of tied windows are present
+        for f in (lambda v: jax.vjp(lambda u: max_pool_exact(u, size), v)[1](g)[0],
+                  jax.jit(lambda v: jax.vjp(lambda u: max_pool_exact(u, size), v)[1](g)[0])):
+            np.testing.assert_array_equal(f(x), want)

@@ -15,7 +15,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from nnspec.compiler.layers._conv_module import conv_module
 from nnspec.compiler.layers._fast_conv import conv_general_dilated, eligible
+from nnspec.compiler.layers._fast_pool import max_pool_exact
 from nnspec.compiler.layers.base import REGISTRY, Layer, Shape, describe
 from nnspec.compiler.layers.dense import Initializer, flax_initializer
 
@@ -158,18 +160,17 @@ class MaxPool(Pool):
         size, strides = self.window()
         if size != strides:
             return nn.max_pool(x, size, strides, self.padding.upper())
-        # Non-overlapping windows: crop and reshape, then max. Same values as reduce_window,
-        # but its gradient is an element-wise mask instead of XLA:CPU's slow select_and_scatter
-        # (see shared/reference/perf-cpu.md); ties share the gradient instead of the first taking
-        # it, which after a ReLU only happens between zeros.
+        # Non-overlapping windows: crop, then the max of the window's strided slices. Same
+        # values as reduce_window, but its gradient is an element-wise mask instead of
+        # XLA:CPU's slow select_and_scatter (see shared/reference/perf-cpu.md); ties share the
+        # gradient instead of the first taking it, which after a ReLU only happens between
+        # zeros. _fast_pool.py: the reshape-and-max gradient in cheaper kernels.
         pads = resolve_pads(self.padding, x.shape[1:-1], size, strides)
         if any(lo or hi for lo, hi in pads):
             x = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-jnp.inf)
         out = [n // k for n, k in zip(x.shape[1:-1], size)]
         x = x[(slice(None), *(slice(0, o * k) for o, k in zip(out, size)))]
-        split = [d for o, k in zip(out, size) for d in (o, k)]
-        x = x.reshape(x.shape[0], *split, x.shape[-1])
-        return x.max(axis=tuple(range(2, 2 * self.ndim + 1, 2)))
+        return max_pool_exact(x, size)
 
     def onnx(self, g: Any, x: str) -> str:
         x, attrs = channels_first(g, x, self.ndim), self.pool_attrs(g)
@@ -302,8 +303,14 @@ class Conv(ConvBase):
         import flax.linen as nn
 
         # Flax gets the padding as the user wrote it, so the parity tests check our formula.
-        # Its convolution is ours: the same forward, a gradient XLA:CPU runs fast in loops.
+        # Its convolution is ours: the same forward, a gradient XLA:CPU runs fast in loops;
+        # the module (_conv_module.py) also takes few-tap convolutions as patches.
         padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
+        if padding != "CAUSAL":
+            args = self.flax_args()
+            return conv_module(args["features"], args["kernel_size"], args["strides"], padding,
+                               args["kernel_dilation"], self.groups, args["use_bias"],
+                               args["kernel_init"], name)(x)
         return nn.Conv(padding=padding, feature_group_count=self.groups, name=name,
                        conv_general_dilated=conv_general_dilated, **self.flax_args())(x)
 
