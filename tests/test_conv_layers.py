@@ -111,14 +111,25 @@ def test_conv_nets_from_yaml_match_flax_on_every_runtime(tmp_path, text, lengths
 
 
 def test_flatten_after_conv_keeps_channels_last_order(tmp_path):
-    # Without the back-transpose after each window, Flatten would read NCHW order.
+    # Flatten reads the channels-first pool output: the back-transpose it would need folds
+    # into the dense kernel (rows stored channels-first, marked), and the values still match.
+    import onnxruntime as ort
+
+    from nnspec.compiler.export.simplify import ROWS_MARK
+
     spec = tmp_path / "net.yaml"
     spec.write_text(IMAGE_NET)
     _, graph = check_spec(spec)
-    model = to_onnx(graph, _variables(graph), 21)
+    variables = _variables(graph, scale=0.3)
+    model = to_onnx(graph, variables, 21)
     ops = [n.op_type for n in model.graph.node]
-    flatten = ops.index("Flatten")
-    assert ops[flatten - 1] == "Transpose"
+    assert ops[ops.index("Flatten") - 1] == "AveragePool"
+    kernel = next(t for t in model.graph.initializer if t.name == "fc/kernel")
+    assert kernel.doc_string == ROWS_MARK + "3,2,4"
+    x = sample_inputs(graph, 3)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (want,) = GraphModule(graph).apply(variables, x).values()
+    np.testing.assert_allclose(session.run(None, x)[0], np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 class _TwoTransposes(nn.Module):

@@ -46,7 +46,9 @@ def to_onnx(graph: Graph, variables: Mapping[str, Any], opset: int,
         with g.scoped(node.name):
             g.input_shapes = tuple(graph.shape_of(i) for i in node.inputs)
             tensors[node.name] = node.layer.onnx(g, *[tensors[i] for i in node.inputs])
-    nodes = simplify(g.nodes, {tensors[src] for src in graph.outputs.values()}, opset)
+    shapes = {tensors[n.name]: graph.node(n.name).shape for n in graph.nodes}
+    nodes = simplify(g.nodes, {tensors[src] for src in graph.outputs.values()}, opset,
+                     g.initializers, shapes)
     named: dict[str, str] = {}  # tensor -> the output name it took
     produced = {t for node in nodes for t in node.output}
     outputs = []

@@ -11,6 +11,10 @@ proves equal:
   operators that read nothing else (Relu between a Conv and a MaxPool), cancels out.
 - `drop_unused_outputs`: an optional output nobody reads (an LSTM's full sequence `Y` when only
   its last state `Y_h` is used) gets the empty name, so the runtime never computes or stores it.
+- `fold_flatten_transposes`: the channels-last Transpose before a Flatten whose only readers are
+  Gemms with constant weights goes; the weights' rows are permuted to the channels-first order
+  instead (one node less: the CNN exports with torch.onnx's single Transpose). The weight's
+  `doc_string` records the permutation (ROWS_MARK) and `init_from: model.onnx` undoes it.
 
 Node names and initializers are never renamed, so trained weights still map by name.
 """
@@ -20,8 +24,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
+
+# doc_string of a dense kernel whose rows were permuted by fold_flatten_transposes, followed by
+# the channels-last per-sample shape it flattened, e.g. "nnspec:rows-channels-first:5,5,64".
+ROWS_MARK = "nnspec:rows-channels-first:"
 
 # Operators that act on each element alone: a Transpose commutes with them.
 ELEMENTWISE = frozenset({
@@ -112,10 +121,68 @@ def drop_unused_outputs(nodes: list[onnx.NodeProto], keep: Collection[str],
     return nodes
 
 
-def simplify(nodes: list[onnx.NodeProto], keep: Collection[str],
-             opset: int) -> list[onnx.NodeProto]:
-    """Every rule above, on a graph whose outputs are `keep`."""
-    return drop_unused_outputs(cancel_transposes(nodes, keep), keep, opset)
+def fold_flatten_transposes(nodes: list[onnx.NodeProto], keep: Collection[str],
+                            initializers: list[onnx.TensorProto],
+                            shapes: dict[str, tuple]) -> list[onnx.NodeProto]:
+    """Transpose(channels-last) -> Flatten(axis=1) -> Gemm(s) with constant B becomes
+    Flatten -> Gemm(s) with B's rows in channels-first order. `shapes`: per-sample shapes of
+    the layers' output tensors (the Transpose's output is a channels-last layer output)."""
+    weights = {t.name: t for t in initializers}
+    readers = consumers(nodes)
+    producer = {out: node for node in nodes for out in node.output}
+    for flat in list(nodes):
+        if flat.op_type != "Flatten" or _attrs(flat).get("axis", 1) != 1:
+            continue
+        src = flat.input[0]
+        tr = producer.get(src)
+        shape = shapes.get(src)
+        if (tr is None or tr.op_type != "Transpose" or len(readers[src]) != 1 or src in keep
+                or shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in shape)
+                or _perm(tr) != [0, *range(2, len(shape) + 1), 1]):
+            continue
+        gemms = readers[flat.output[0]]
+        if (flat.output[0] in keep or not gemms or any(
+                g.op_type != "Gemm" or list(g.input).index(flat.output[0]) != 0
+                or g.input[1] == flat.output[0] or _attrs(g).get("transA", 0)
+                or _attrs(g).get("transB", 0) or g.input[1] not in weights
+                or len(readers[g.input[1]]) != 1 for g in gemms)):
+            continue
+        for g in gemms:
+            w = weights[g.input[1]]
+            rows = numpy_helper.to_array(w)
+            channels_first = np.moveaxis(rows.reshape(*shape, -1), -2, 0).reshape(rows.shape)
+            new = numpy_helper.from_array(channels_first, w.name)
+            new.doc_string = ROWS_MARK + ",".join(map(str, shape))
+            w.CopyFrom(new)
+        flat.input[0] = tr.input[0]
+        nodes = [n for n in nodes if n is not tr]
+        readers = consumers(nodes)
+    return nodes
+
+
+def channels_last_rows(array: np.ndarray, doc_string: str) -> np.ndarray:
+    """A dense kernel read from an ONNX file with its rows back in the trained (channels-last
+    flatten) order, undoing fold_flatten_transposes when its mark is on the initializer."""
+    if not doc_string.startswith(ROWS_MARK):
+        return array
+    shape = tuple(int(d) for d in doc_string[len(ROWS_MARK):].split(","))
+    first = (shape[-1], *shape[:-1])
+    return np.moveaxis(array.reshape(*first, -1), 0, -2).reshape(array.shape)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def simplify(nodes: list[onnx.NodeProto], keep: Collection[str], opset: int,
+             initializers: list[onnx.TensorProto] | None = None,
+             shapes: dict[str, tuple] | None = None) -> list[onnx.NodeProto]:
+    """Every rule above, on a graph whose outputs are `keep` (the flatten rule only when the
+    initializers and the layer outputs' shapes are given)."""
+    nodes = cancel_transposes(nodes, keep)
+    if initializers is not None and shapes is not None:
+        nodes = fold_flatten_transposes(nodes, keep, initializers, shapes)
+    return drop_unused_outputs(nodes, keep, opset)
 
 
 def unfuse_gemm(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -52,13 +52,17 @@ def _read_source(source: str) -> dict[tuple, np.ndarray]:
         import onnx
         from onnx import numpy_helper
 
+        from nnspec.compiler.export.simplify import channels_last_rows
+
         model = onnx.load(source, load_external_data=False)
         arrays = {}
         for init in model.graph.initializer:
             node, _, param = init.name.partition("/")
             if param:
                 collection = "batch_stats" if param in ("mean", "var") else "params"
-                arrays[(collection, node, *param.split("/"))] = numpy_helper.to_array(init)
+                # A dense kernel after a folded Transpose holds its rows channels-first.
+                arrays[(collection, node, *param.split("/"))] = channels_last_rows(
+                    numpy_helper.to_array(init), init.doc_string)
         return arrays
     raise DataError(f"train.init_from: {source!r} is neither a run directory nor an .onnx file")
 
