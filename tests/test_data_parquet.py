@@ -85,6 +85,23 @@ def test_lazy_reads_equal_the_file_in_memory_and_bad_cells_are_located(tmp_path)
         np.testing.assert_array_equal(column.take(rows), eager.train.x[name][rows])
         np.testing.assert_array_equal(np.asarray(lazy.test.x[name]), eager.test.x[name])
 
+    # Grain calls the element from several threads of a process: reads racing on the shared
+    # row-group cache give each thread its own rows.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import nnspec.compiler.data.parquet as parquet_module
+
+    column = lazy.train.x["measurements"]
+    blocks = [np.random.default_rng(i).permutation(len(column))[:100] for i in range(16)]
+    old, parquet_module.CACHE_BYTES = parquet_module.CACHE_BYTES, 1  # evict on every read
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(column.take, blocks))
+    finally:
+        parquet_module.CACHE_BYTES = old
+    for rows, values in zip(blocks, got, strict=True):
+        np.testing.assert_array_equal(values, eager.train.x["measurements"][rows])
+
     def bad(table):  # data row 301 (row group 8 of 9): a bill depth that is not a number
         depth = table.column("bill_depth_mm").cast(pa.string()).to_pylist()
         depth[300] = "deep"
