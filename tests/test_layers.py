@@ -90,3 +90,35 @@ def test_an_operator_too_new_for_the_opset_is_refused_by_name():
         g.op("LayerNormalization", "x")
     with g.scoped("act"), pytest.raises(ExportError, match="has no attribute"):
         g.op("Relu", "x", alpha=1.0)
+
+
+FIRST_CASES = [pytest.param(cls, cls.examples[0], id=name)
+               for name, cls in sorted(REGISTRY.items()) if cls.examples]
+
+
+@pytest.mark.parametrize(("layer", "example"), FIRST_CASES)
+def test_onnx_initializers_read_back_as_the_trained_arrays(layer, example, tmp_path):
+    """`init_from: model.onnx` reads every trained array of every layer back bit for bit
+    (a conv's OIHW kernel, attention's flattened projections included), or the layer's
+    initializers are marked packed (recurrent W, R, B) and init_from refuses them by name."""
+    from nnspec.compiler.export.onnx_graph import to_onnx
+    from nnspec.compiler.train.transfer import PACKED_NODE, _read_source, load_initial
+    from nnspec.spec.errors import DataError
+
+    graph = example_graph(layer, example)
+    variables = jax.device_get(GraphModule(graph).init(jax.random.key(0),
+                                                       sample_inputs(graph, batch=2)))
+    if not variables.get("params"):
+        pytest.skip(f"{layer.type_name} has no parameters: nothing to read back (by design)")
+    path = tmp_path / "model.onnx"
+    path.write_bytes(to_onnx(graph, variables, 21).SerializeToString())
+    back = _read_source(str(path))
+    if (PACKED_NODE, "layer") in back:
+        with pytest.raises(DataError, match="packed in ONNX's recurrent layout"):
+            load_initial(str(path), variables, log=lambda _: None)
+        return
+    flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+    for keys, value in flat:
+        key = ("params", *(k.key for k in keys))
+        assert key in back, (key, sorted(back))
+        np.testing.assert_array_equal(back[key], value, err_msg=str(key))

@@ -16,6 +16,31 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+# doc_string of an initializer whose layout is not the trained array's: steps that turn it back,
+# applied in order, e.g. "nnspec:to-flax:transpose=2,3,1,0" or "...:flip=0,1;transpose=2,3,0,1".
+TO_FLAX = "nnspec:to-flax:"
+# doc_string of an initializer packed from several trained arrays (a recurrent W, R or B).
+PACKED = "nnspec:packed"
+
+
+def flax_layout(array: np.ndarray, doc_string: str) -> np.ndarray:
+    """An initializer read from an ONNX file back in the trained layout, by the steps its
+    `TO_FLAX` mark records (unchanged without one)."""
+    if not doc_string.startswith(TO_FLAX):
+        return array
+    for step in doc_string[len(TO_FLAX):].split(";"):
+        op, _, args = step.partition("=")
+        axes = tuple(int(a) for a in args.split(","))
+        if op == "transpose":
+            array = array.transpose(axes)
+        elif op == "flip":
+            array = np.flip(array, axes)
+        elif op == "reshape":
+            array = array.reshape(axes)
+        else:
+            raise ValueError(f"unknown layout step {step!r} in {doc_string!r}")
+    return np.ascontiguousarray(array)
+
 
 class ExportError(RuntimeError):
     """The model cannot be exported as asked (for example, an opset too old for a layer)."""
@@ -79,15 +104,23 @@ class OnnxBuilder:
         return names[0] if outputs == 1 else tuple(names)
 
     def param(self, pname: str, value: np.ndarray | None = None,
-              collection: str = "params") -> str:
-        """An initializer `scope/pname`, from the trained variables unless `value` is given."""
+              collection: str = "params", to_flax: str = "") -> str:
+        """An initializer `scope/pname`, from the trained variables unless `value` is given.
+
+        A `value` in another layout than the trained array's says how to get that back in
+        `to_flax` (see `flax_layout`), so `init_from: model.onnx` can read it; `PACKED` marks
+        an initializer built from several trained arrays, which it cannot."""
         if value is None:
             try:
                 value = self.variables[collection][self.scope][pname]
             except KeyError:
                 raise ExportError(f"layer {self.scope!r}: no trained {collection} "
                                   f"{pname!r}") from None
-        return self._initializer(f"{self.scope}/{pname}", np.asarray(value, np.float32))
+        name = self._initializer(f"{self.scope}/{pname}", np.asarray(value, np.float32))
+        if to_flax:
+            self.initializers[-1].doc_string = (to_flax if to_flax == PACKED
+                                                else TO_FLAX + to_flax)
+        return name
 
     def const(self, value: Any, dtype: Any = np.float32, name: str = "const") -> str:
         """A constant initializer (shapes, axes, scales)."""

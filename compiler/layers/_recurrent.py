@@ -151,8 +151,10 @@ class Recurrent(Layer):
         """One native operator over `steps_first` (T, B, F); returns its `Y` and `Y_h`."""
         w, r, b = (np.stack(parts) for parts in zip(*weights))
         state = [zeros, zeros] if self.onnx_op == "LSTM" else [zeros]  # h (and LSTM's c)
-        return g.op(self.onnx_op, steps_first, g.param(f"W{suffix}", w),
-                    g.param(f"R{suffix}", r), g.param(f"B{suffix}", b), "", *state, outputs=2,
+        from nnspec.compiler.export.builder import PACKED
+
+        packed = [g.param(f"{k}{suffix}", v, to_flax=PACKED) for k, v in zip("WRB", (w, r, b))]
+        return g.op(self.onnx_op, steps_first, *packed, "", *state, outputs=2,
                     hidden_size=self.units, direction=direction, **self.onnx_attrs)
 
     def _zeros(self, g: Any, x: str, directions: int) -> str:

@@ -259,9 +259,11 @@ class ConvBase(Spatial):
                 "use_bias": self.use_bias,
                 "kernel_init": flax_initializer(self.kernel_initializer)}
 
-    def onnx_inputs(self, g: Any, x: str, kernel: np.ndarray) -> list[str]:
-        """The channels-first input, the kernel (already in ONNX layout) and the bias."""
-        inputs = [channels_first(g, x, self.ndim), g.param("kernel", value=kernel)]
+    def onnx_inputs(self, g: Any, x: str, kernel: np.ndarray, to_flax: str) -> list[str]:
+        """The channels-first input, the kernel (already in ONNX layout; `to_flax` the steps
+        back to the trained one) and the bias."""
+        inputs = [channels_first(g, x, self.ndim),
+                  g.param("kernel", value=kernel, to_flax=to_flax)]
         return [*inputs, g.param("bias")] if self.use_bias else inputs
 
 
@@ -317,8 +319,10 @@ class Conv(ConvBase):
     def onnx(self, g: Any, x: str) -> str:
         n = self.ndim
         # Flax: (spatial..., in/groups, out); ONNX: (out, in/groups, spatial...).
-        w = np.asarray(g.variables["params"][g.scope]["kernel"]).transpose(n + 1, n, *range(n))
-        y = g.op("Conv", *self.onnx_inputs(g, x, w), **self.conv_attrs(), group=self.groups,
+        perm = (n + 1, n, *range(n))
+        w = np.asarray(g.variables["params"][g.scope]["kernel"]).transpose(perm)
+        back = "transpose=" + ",".join(map(str, np.argsort(perm)))
+        y = g.op("Conv", *self.onnx_inputs(g, x, w, back), **self.conv_attrs(), group=self.groups,
                  pads=onnx_pads(self.resolved_pads(g)))
         return channels_last(g, y, n)
 

@@ -79,7 +79,10 @@ class Conv2DTranspose(ConvBase):
                 for (lo, hi), k in zip(lax_pads(self.padding, k_eff, strides), k_eff)]
         # A negative end crop (VALID, stride > kernel) is output past the last kernel tap:
         # ONNX's output_padding grows the output there, holding just the bias, as in Flax.
-        y = g.op("ConvTranspose", *self.onnx_inputs(g, x, w.transpose(n, n + 1, *range(n))),
+        perm = (n, n + 1, *range(n))
+        back = (f"transpose={','.join(map(str, np.argsort(perm)))};"
+                f"flip={','.join(map(str, range(n)))}")
+        y = g.op("ConvTranspose", *self.onnx_inputs(g, x, w.transpose(perm), back),
                  **self.conv_attrs(), pads=[lo for lo, _ in crop] + [max(hi, 0) for _, hi in crop],
                  output_padding=[max(-hi, 0) for _, hi in crop])
         return channels_last(g, y, n)

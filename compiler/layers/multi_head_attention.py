@@ -136,9 +136,12 @@ class MultiHeadAttention(Layer):
             p = params[name]
             kernel = np.asarray(p["kernel"])
             y = g.op("MatMul", x, g.param(f"{name}/kernel",
-                                          kernel.reshape(kernel.shape[0], heads * size)))
+                                          kernel.reshape(kernel.shape[0], heads * size),
+                                          to_flax=_reshape(kernel)))
             if self.use_bias:
-                y = g.op("Add", y, g.param(f"{name}/bias", np.asarray(p["bias"]).reshape(-1)))
+                bias = np.asarray(p["bias"])
+                y = g.op("Add", y, g.param(f"{name}/bias", bias.reshape(-1),
+                                           to_flax=_reshape(bias)))
             y = g.op("Reshape", y, g.const([0, 0, heads, size], np.int64, f"{name}/heads"))
             return g.op("Transpose", y, perm=perm)
 
@@ -156,7 +159,8 @@ class MultiHeadAttention(Layer):
         x = g.op("Reshape", x, g.const([0, 0, heads * dv], np.int64, "merge_heads"))
         out = params["out"]
         kernel = np.asarray(out["kernel"])
-        y = g.op("MatMul", x, g.param("out/kernel", kernel.reshape(heads * dv, -1)))
+        y = g.op("MatMul", x, g.param("out/kernel", kernel.reshape(heads * dv, -1),
+                                      to_flax=_reshape(kernel)))
         return g.op("Add", y, g.param("out/bias", out["bias"])) if self.use_bias else y
 
     def _causal(self, g: Any, q_in: str, kv_in: str, logits: str) -> str:
@@ -176,3 +180,8 @@ class MultiHeadAttention(Layer):
         visible = g.op("Cast", g.op("Trilu", ones, upper=0), to=TensorProto.BOOL)
         big_neg = g.const(np.finfo(np.float32).min, np.float32, "big_neg")
         return g.op("Where", visible, logits, big_neg)
+
+
+def _reshape(array: Any) -> str:
+    """The layout step back from a flattened initializer to the trained array's shape."""
+    return "reshape=" + ",".join(map(str, array.shape))

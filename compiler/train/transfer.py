@@ -10,6 +10,9 @@ import numpy as np
 
 from nnspec.spec.errors import DataError
 
+# Key of a node whose ONNX initializers are packed from several trained arrays.
+PACKED_NODE = "packed"
+
 WEIGHTS = "weights.msgpack"
 
 
@@ -52,17 +55,23 @@ def _read_source(source: str) -> dict[tuple, np.ndarray]:
         import onnx
         from onnx import numpy_helper
 
+        from nnspec.compiler.export.builder import PACKED, flax_layout
         from nnspec.compiler.export.simplify import channels_last_rows
 
         model = onnx.load(source, load_external_data=False)
         arrays = {}
         for init in model.graph.initializer:
             node, _, param = init.name.partition("/")
-            if param:
-                collection = "batch_stats" if param in ("mean", "var") else "params"
-                # A dense kernel after a folded Transpose holds its rows channels-first.
-                arrays[(collection, node, *param.split("/"))] = channels_last_rows(
-                    numpy_helper.to_array(init), init.doc_string)
+            if not param:
+                continue
+            if init.doc_string == PACKED:
+                arrays[(PACKED_NODE, node)] = np.zeros(0)
+                continue
+            collection = "batch_stats" if param in ("mean", "var") else "params"
+            # A dense kernel after a folded Transpose holds its rows channels-first; other
+            # initializers in ONNX's layout (a conv's OIHW kernel) carry the steps back.
+            array = channels_last_rows(numpy_helper.to_array(init), init.doc_string)
+            arrays[(collection, node, *param.split("/"))] = flax_layout(array, init.doc_string)
         return arrays
     raise DataError(f"train.init_from: {source!r} is neither a run directory nor an .onnx file")
 
@@ -72,6 +81,13 @@ def load_initial(source: str, variables: Any, log: Any = print) -> Any:
     replaced by the source's. A shape mismatch on a matched name is an error: rename the
     layer to start it afresh."""
     found = _read_source(source)
+    packed = sorted(key[1] for key in found if key[0] == PACKED_NODE
+                    and key[1] in variables.get("params", {}))
+    if packed:
+        raise DataError(f"train.init_from: layer(s) {', '.join(map(repr, packed))} of "
+                        f"{source!r} hold their weights packed in ONNX's recurrent layout "
+                        "(W, R, B), which cannot be split back into the trained arrays; "
+                        "start from the run directory that wrote it (its weights.msgpack)")
     loaded, nodes = 0, set()
 
     def replace(tree: Any, path: tuple) -> Any:
