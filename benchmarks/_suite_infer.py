@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -99,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", choices=("mlp", "cnn", "lstm"))
     parser.add_argument("--onnx", required=True, help="nnspec's model.onnx of this model")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--repeat", type=int, default=200, help="batch-1 calls per timing")
     parser.add_argument("--big", type=int, default=1024)
     parser.add_argument("--json", required=True)
@@ -112,6 +113,10 @@ def main() -> None:
     natives: dict[str, Callable] = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {"nnspec": Path(args.onnx)}
+        # An A/A control: the same file in a second session, timed like the others. Its ratio
+        # to the first is this machine's noise floor for "as fast as" in the same run.
+        files["nnspec, again"] = Path(tmp) / "nnspec_again.onnx"
+        shutil.copyfile(args.onnx, files["nnspec, again"])
         try:
             _, natives["pytorch"] = torch_export(args.model, Path(tmp) / "torch.onnx")
             files["torch.onnx"] = Path(tmp) / "torch.onnx"

@@ -14,6 +14,13 @@ LABELS = {"nnspec": "nnspec train", "flax_step": "Flax+Optax step", "flax_fused"
           "PyTorch eager, same allocator", "torch_default": "PyTorch eager, defaults"}
 
 
+def _samples(value: Any) -> str:
+    """The training set size: one number (older results) or one per model."""
+    if isinstance(value, dict):
+        return ", ".join(f"{n:,} ({m})" for m, n in value.items())
+    return f"{value:,}"
+
+
 def _n(v: Any, digits: int = 0) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -23,7 +30,8 @@ def _n(v: Any, digits: int = 0) -> str:
 def train_section(r: dict[str, Any]) -> list[str]:
     peak = r["peak_flops"]
     lines = ["## Training throughput", "",
-             f"samples/s, batch 128, Adam 1e-3, {r['samples']} synthetic MNIST-shaped samples, "
+             f"samples/s, batch 128, Adam 1e-3, {_samples(r['samples'])} synthetic "
+             "MNIST-shaped samples, "
              f"{r['epochs']} epochs per run (the first dropped: compilation and warm-up), "
              f"{r['rounds']} interleaved rounds, one process per run. Median (min-max); "
              f"ratio = nnspec / contender, the median of per-round ratios. % peak = samples/s x "
@@ -53,28 +61,47 @@ def train_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ratio(ours: list[float], theirs: list[float], faster: str) -> str:
+    """The median (min-max) of per-round ratios, > 1 where nnspec's file is faster: latency
+    as theirs / ours, throughput as ours / theirs."""
+    pairs = [(b / a if faster == "lower" else a / b) for a, b in zip(ours, theirs) if a and b]
+    if not pairs:
+        return "-"
+    return f"**{_med(pairs):.2f}** ({min(pairs):.2f}-{max(pairs):.2f})"
+
+
 def infer_section(r: dict[str, Any]) -> list[str]:
+    rounds = r.get("infer_rounds", r["rounds"])
     lines = ["## Inference", "", "onnxruntime (CPU provider, default options) on each ONNX "
              "file of the same network, all taking uint8 samples and returning the softmax; "
              "then the frameworks themselves (a jitted Flax apply; PyTorch eager under no_grad). "
              "Latency: median of repeated batch-1 calls; throughput: batch 1024. Median over "
-             "rounds; files interleaved in each round, in one process.", ""]
+             f"{rounds} rounds; files interleaved in each round, in one process. nnspec / it: "
+             "the median (min-max) of per-round ratios, above 1 where nnspec's file is faster. "
+             "`nnspec, again` is the same file in a second session: its ratio is the noise "
+             "floor of this machine for \"as fast as\" in this run.", ""]
     for model, got in r["infer"].items():
         if "error" in got:
             lines += [f"### {TITLES[model]}", "", f"failed: `{got['error'][-300:]}`", ""]
             continue
         rows = []
+        ours = got["onnx"].get("nnspec", {})
         for name, e in got["onnx"].items():
             ops = ", ".join(f"{k} {v}" for k, v in e["ops"].items())
+            vs = name != "nnspec" and ours
             rows.append([f"onnxruntime: {name}", e["nodes"], _n(_med(e["latency_ms"]), 3),
-                         _n(_med(e["per_s"])), ops])
+                         _n(_med(e["per_s"])),
+                         _ratio(ours["latency_ms"], e["latency_ms"], "lower") if vs else "-",
+                         _ratio(ours["per_s"], e["per_s"], "higher") if vs else "-", ops])
         for name, e in got["native"].items():
-            rows.append([name, "-", _n(_med(e["latency_ms"]), 3), _n(_med(e["per_s"])), ""])
+            rows.append([name, "-", _n(_med(e["latency_ms"]), 3), _n(_med(e["per_s"])), "-",
+                         "-", ""])
         for name, err in got.get("errors", {}).items():
-            rows.append([name, "-", "-", "-", f"failed: {err.splitlines()[0][:160]}"])
-        lines += [f"### {TITLES[model]}", "", table(["runs", "nodes", "batch 1 ms",
-                                                     "batch 1024 samples/s", "operators"], rows),
-                  ""]
+            rows.append([name, "-", "-", "-", "-", "-",
+                         f"failed: {err.splitlines()[0][:160]}"])
+        lines += [f"### {TITLES[model]}", "", table(
+            ["runs", "nodes", "batch 1 ms", "batch 1024 samples/s", "nnspec / it, batch 1",
+             "nnspec / it, batch 1024", "operators"], rows), ""]
     return lines
 
 

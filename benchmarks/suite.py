@@ -1,6 +1,6 @@
 """The side-by-side benchmark suite: nnspec against what a user would pick instead.
 
-    python benchmarks/suite.py [--quick] [--sections train,infer,accuracy] [--rounds 3]
+    python benchmarks/suite.py [--quick] [--sections train,infer,accuracy] [--rounds 5]
 
 Writes benchmarks/RESULTS.md (tables, with the command, date, machine and versions),
 benchmarks/results/suite.json and PNG plots in benchmarks/results/. Every contender runs in
@@ -74,8 +74,16 @@ print(2 * n ** 3 / best)
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def run_train(models: list[str], rounds: int, n: int, epochs: int, keep: Path,
-              timeout: float) -> dict[str, Any]:
+def per_model(value: str, models: list[str]) -> dict[str, int]:
+    """`N` for every model, or `MODEL=N,...` (models not named keep 4,096)."""
+    if "=" not in value:
+        return {m: int(value) for m in models}
+    given = {k.strip(): int(v) for k, v in (p.split("=") for p in value.split(",") if p)}
+    return {m: given.get(m, 4096) for m in models}
+
+
+def run_train(models: list[str], rounds: int, samples: dict[str, int], epochs: int,
+              keep: Path, timeout: float) -> dict[str, Any]:
     env, plain = environment(), environment(defaults=True)
     out: dict[str, Any] = {}
     for model in models:
@@ -83,7 +91,8 @@ def run_train(models: list[str], rounds: int, n: int, epochs: int, keep: Path,
         for r in range(rounds):
             order = TRAIN[r % len(TRAIN):] + TRAIN[: r % len(TRAIN)]
             for c in order:
-                args = [c.replace("_default", ""), model, "--n", str(n), "--epochs", str(epochs)]
+                args = [c.replace("_default", ""), model, "--n", str(samples[model]), "--epochs",
+                        str(epochs)]
                 if c == "nnspec" and r == 0:  # its export, for the inference section
                     args += ["--keep", str(keep / model)]
                 got = worker("_suite_train.py", args, plain if c == "torch_default" else env,
@@ -167,8 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="smoke test: 1 round, tiny sizes, nothing compared")
     parser.add_argument("--sections", default="train,infer,accuracy")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=4096, help="synthetic training samples")
+    # Five rounds, not three: on a shared 2-core machine one disturbed round moves a median of
+    # three; inference rounds are cheap, so they get more.
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--infer-rounds", type=int, default=9)
+    # The MLP gets 16x the samples: at 4,096 its measured epochs last ~20 ms, where one
+    # scheduler hiccup on a shared machine moves a run by half.
+    parser.add_argument("--samples", default="mlp=65536,cnn=4096,lstm=4096",
+                        help="synthetic training samples: N, or MODEL=N,... per model")
     parser.add_argument("--epochs", type=int, default=3, help="per training run, first dropped")
     parser.add_argument("--accuracy-epochs", default="mlp=5,cnn=2")
     parser.add_argument("--out", default=str(BENCHMARKS / "RESULTS.md"))
@@ -183,13 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     acc_epochs = {k: int(v) for k, v in (p.split("=") for p in args.accuracy_epochs.split(","))}
     limit, repeat, peak_n = None, 200, 2048
     if args.quick:
-        args.rounds, args.samples, args.epochs, repeat, peak_n = 1, 512, 2, 5, 512
+        args.rounds, args.samples, args.epochs, repeat, peak_n = 1, "512", 2, 5, 512
+        args.infer_rounds = 1
         acc_epochs, limit = {k: 1 for k in acc_epochs}, 1024
+    samples = per_model(args.samples, models)
     t0 = time.perf_counter()
     result: dict[str, Any] = {"command": " ".join(["python", "benchmarks/suite.py",
                                                    *(sys.argv[1:] if argv is None else argv)]),
                               "quick": args.quick, "machine": machine(), "rounds": args.rounds,
-                              "samples": args.samples, "epochs": args.epochs}
+                              "infer_rounds": args.infer_rounds,
+                              "samples": samples, "epochs": args.epochs}
     env = environment()
     result["env"] = {k: env.get(k) for k in ("GLIBC_TUNABLES", "XLA_FLAGS", "KERAS_BACKEND")}
     result["versions"] = versions()
@@ -219,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nnspec-suite-") as tmp:
         keep = Path(tmp)
         if "train" in sections or "infer" in sections:
-            result["train"] = run_train(models, args.rounds, args.samples, args.epochs, keep,
+            result["train"] = run_train(models, args.rounds, samples, args.epochs, keep,
                                         timeout)
             save()
         if "infer" in sections:
-            result["infer"] = run_infer(models, keep, args.rounds, repeat, timeout)
+            result["infer"] = run_infer(models, keep, args.infer_rounds, repeat, timeout)
             save()
         if "accuracy" in sections:
             npz = fashion_npz(keep / "fashion.npz", limit)

@@ -76,8 +76,9 @@ def test_suite_runs_quick(tmp_path):
     assert runs["torch"][0]["env"]["GLIBC_TUNABLES"] and not runs["torch_default"][0]["env"][
         "GLIBC_TUNABLES"]
     onnx = result["infer"]["mlp"]["onnx"]
-    assert {"nnspec", "torch.onnx", "jax2onnx"} <= set(onnx)
+    assert {"nnspec", "nnspec, again", "torch.onnx", "jax2onnx"} <= set(onnx)
     assert all(e["nodes"] > 0 and e["per_s"][0] > 0 for e in onnx.values())
     text = out.read_text()
     assert "## Training throughput" in text and "## Inference" in text
+    assert "nnspec / it, batch 1024" in text
     assert (tmp_path / "suite_train.png").stat().st_size > 0
