@@ -78,6 +78,7 @@ def test_two_processes_train_as_one_mesh_and_process_0_writes(tmp_path):
     assert (tmp_path / "two" / "model.onnx").exists()
 
 
+@pytest.mark.slow  # ~37 s on 2 cores; the one-process SIGTERM resume stays in the default suite
 def test_a_signal_to_one_process_stops_both_and_they_resume(tmp_path):
     spec = _spec(tmp_path, 60)
     run = tmp_path / "stopped"
