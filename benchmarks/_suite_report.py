@@ -195,6 +195,12 @@ def write_report(r: dict[str, Any], out: Path, folder: Path) -> None:
             if command and command != r["command"]:
                 part[1:1] = ["", f"(measured by `{command}`)"]
             lines += part
+    if "gpu" not in r:  # the suite itself runs on the CPU; the GPU figures come from one
+        # prepared script on a lent accelerator, and a run without one says so
+        lines += ["## GPU", "", "Not measured in this run: the suite ran on the CPU alone (no "
+                  "accelerator was lent to the session that produced it). The last GPU "
+                  "figures of nnspec's training routes (an H200, 2026-11-28, "
+                  "`bash benchmarks/gpu_routes.sh`) are in benchmarks/README.md.", ""]
     made = plots(r, folder)
     rel = Path(folder).resolve()
     for name in made:
