@@ -98,9 +98,16 @@ def test_mapped_folder_errors_name_the_file(tmp_path):
     assert "truncated" in error()
 
 
-def test_mapped_rows_read_with_pread_equal_numpy_indexing(tmp_path):
+@pytest.mark.parametrize("reader", ["native", "python"])
+def test_mapped_rows_read_with_pread_equal_numpy_indexing(tmp_path, monkeypatch, reader):
+    from nnspec.compiler.data import mapped as mapped_module
     from nnspec.compiler.data.mapped import open_npy
 
+    native = mapped_module._native_gather()
+    if reader == "native" and native is None:
+        pytest.skip("no C++ compiler here: the native row gather is not built")
+    # The native gather (gather.cc) and the Python loop it stands in for read the same bytes.
+    monkeypatch.setattr(mapped_module, "_gather", [native if reader == "native" else None])
     a = np.arange(6000, dtype=np.float64).reshape(1000, 2, 3)
     np.save(tmp_path / "a.npy", a)
     mapped = open_npy(str(tmp_path / "a.npy"))
@@ -112,3 +119,20 @@ def test_mapped_rows_read_with_pread_equal_numpy_indexing(tmp_path):
     assert np.array_equal(np.take(converted, rows, axis=0), a[rows].astype(np.float32))
     with pytest.raises(IndexError):
         np.take(mapped, np.array([1000]), axis=0)
+    big = np.random.default_rng(0).integers(0, 255, (5000, 97), dtype=np.uint8)  # odd rows
+    np.save(tmp_path / "b.npy", big)
+    rows = np.random.default_rng(1).integers(-5000, 5000, (3, 700))
+    assert np.array_equal(np.take(open_npy(str(tmp_path / "b.npy")), rows, axis=0), big[rows])
+
+
+def test_a_mapped_file_cut_short_under_a_reader_is_a_read_error(tmp_path):
+    """The file shrinks after it was opened (rewritten by someone else): the gather says which
+    row it could not read instead of returning the zeros past the end."""
+    from nnspec.compiler.data.mapped import open_npy
+
+    np.save(tmp_path / "a.npy", np.ones((1000, 16), np.float32))
+    mapped = open_npy(str(tmp_path / "a.npy"))
+    with open(tmp_path / "a.npy", "r+b") as fh:
+        fh.truncate(128 + 500 * 64)  # the header and 500 rows are left
+    with pytest.raises(OSError, match="short read at row 900"):
+        np.take(mapped, np.array([3, 900]), axis=0)

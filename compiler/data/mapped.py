@@ -17,6 +17,7 @@ it. Store the samples shuffled.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
@@ -64,11 +65,36 @@ def _release_loop() -> None:
                 continue
 
 
+_gather: list = []  # the native row gather once looked up: [function or None]
+
+
+def _native_gather():  # noqa: ANN202
+    """`compiler/kernels/gather.cc`'s row gather (built on first use), or None: then rows are
+    read by a Python loop of `os.preadv`, the same bytes at about twice the CPU a row (no C++
+    compiler, not Linux, or `NNSPEC_NATIVE_GATHER=0`)."""
+    if not _gather:
+        fn = None
+        if os.environ.get("NNSPEC_NATIVE_GATHER", "1") != "0":
+            from nnspec.compiler.kernels.build import KernelUnavailable, load_plain
+
+            try:
+                lib = load_plain("gather")
+                fn = lib.nnspec_gather_rows
+                fn.restype = ctypes.c_int64
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+            except KernelUnavailable:
+                fn = None
+        _gather.append(fn)
+    return _gather[0]
+
+
 class MappedArray(np.ndarray):
     """An array over a mapped `.npy` file whose `take` along axis 0 (how the streamed route
-    gathers a chunk of batches) reads the rows with `pread` instead of faulting their pages
-    in: no page-table churn, no resident growth. Everything else (slices, fancy indexing) reads
-    through the mapping as any array does."""
+    gathers a chunk of batches, and evaluation a chunk of a split) reads the rows with `pread`
+    instead of faulting their pages in: no page-table churn, no resident growth; the reads are
+    a C loop outside the GIL where it could be built (`_native_gather`). Everything else
+    (slices, fancy indexing) reads through the mapping as any array does."""
 
     _fd: int
     _start: int  # file offset of the mapping's row 0
@@ -92,6 +118,12 @@ class MappedArray(np.ndarray):
             return (_reopen, (self._path, first, len(self)))
         return np.asarray(self).__reduce__()
 
+    @property
+    def on_disk(self) -> bool:
+        """Whether this array still reads the file (evaluation then reads it by chunks with
+        `take`, not by fancy indexing through the mapping: see `feed.is_lazy`)."""
+        return self._on_file()
+
     def _on_file(self) -> bool:
         """Whether this array is still a view of the file (not a converted copy)."""
         return (self._fd >= 0 and self.dtype == self._dtype and self.flags.c_contiguous
@@ -110,13 +142,21 @@ class MappedArray(np.ndarray):
         result = np.empty((flat.size, *self.shape[1:]), self.dtype)
         view = memoryview(result.reshape(-1).view(np.uint8))
         base = self._start + first * row
-        flat = flat % len(self)
+        flat = (flat % len(self)).astype(np.int64)
         # In ascending file order (one pass over the file, not random seeks), each row
         # written where it belongs.
         order = np.argsort(flat, kind="stable")
-        for i, r in zip(order.tolist(), flat[order].tolist()):
-            if os.preadv(self._fd, [view[i * row:(i + 1) * row]], base + r * row) != row:
-                raise OSError(f"short read at row {r} of a mapped .npy file")
+        gather = _native_gather()
+        if gather is not None and flat.size:
+            failed = gather(self._fd, base, row, flat.ctypes.data, order.ctypes.data, flat.size,
+                            result.ctypes.data)
+            if failed >= 0:
+                r = int(flat[order[failed]])
+                raise OSError(f"short read at row {r} of a mapped .npy file {self._path}")
+        else:
+            for i, r in zip(order.tolist(), flat[order].tolist()):
+                if os.preadv(self._fd, [view[i * row:(i + 1) * row]], base + r * row) != row:
+                    raise OSError(f"short read at row {r} of a mapped .npy file")
         return result.reshape((*rows.shape, *self.shape[1:]))
 
 

@@ -72,17 +72,18 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _key(source: Path, cxx: str) -> str:
-    import jaxlib
-
+def _key(source: Path, cxx: str, ffi: bool = True) -> str:
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout.splitlines()[:1]
     except (OSError, subprocess.SubprocessError) as e:
         raise KernelUnavailable(f"C++ compiler {cxx} does not run: {e}") from e
     h = hashlib.sha256(source.read_bytes())
-    for part in (cxx, *version, *COMPILE, *LINK, jaxlib.__version__, platform.machine(),
-                 _cpu_flags()):
+    if ffi:  # built against jaxlib's FFI headers
+        import jaxlib
+
+        h.update(jaxlib.__version__.encode() + b"\0")
+    for part in (cxx, *version, *COMPILE, *LINK, platform.machine(), _cpu_flags()):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
@@ -95,21 +96,25 @@ def cache_dir() -> Path:
     return Path(base) / "nnspec" / "kernels"
 
 
-def build(name: str) -> Path:
-    """The compiled library of `<name>.cc`, built into the cache if it is not there yet."""
-    import jax
-
+def build(name: str, ffi: bool = True) -> Path:
+    """The compiled library of `<name>.cc`, built into the cache if it is not there yet
+    (`ffi=False`: plain C, not against jaxlib's FFI headers, and JAX is not imported)."""
     source = HERE / f"{name}.cc"
     cxx = compiler()
-    target = cache_dir() / f"{name}-{_key(source, cxx)}.so"
+    target = cache_dir() / f"{name}-{_key(source, cxx, ffi)}.so"
     if target.exists():
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             obj, lib = Path(tmp) / f"{name}.o", Path(tmp) / f"{name}.so"
-            for cmd in ([cxx, *COMPILE, "-I", jax.ffi.include_dir(), "-c", str(source), "-o",
-                         str(obj)], [cxx, *LINK, str(obj), "-o", str(lib), "-ldl"]):
+            include = []
+            if ffi:
+                import jax
+
+                include = ["-I", jax.ffi.include_dir()]
+            for cmd in ([cxx, *COMPILE, *include, "-c", str(source), "-o", str(obj)],
+                        [cxx, *LINK, str(obj), "-o", str(lib), "-ldl"]):
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                 if proc.returncode:
                     raise KernelUnavailable(f"building {source.name} failed: {' '.join(cmd)}\n"
@@ -134,6 +139,20 @@ def load(name: str) -> ctypes.CDLL:
     if lib.nnspec_bind_blas(blas.encode(), SGEMM.encode(), LOCAL_THREADS.encode()):
         raise KernelUnavailable(f"{blas} lacks {SGEMM} or {LOCAL_THREADS}")
     _LOADED[name] = lib  # kept loaded for the process
+    return lib
+
+
+def load_plain(name: str) -> ctypes.CDLL:
+    """`<name>.cc`, plain C with no FFI or BLAS, built and loaded (once per process)."""
+    if name in _LOADED:
+        return _LOADED[name]
+    if not sys.platform.startswith("linux"):
+        raise KernelUnavailable(f"platform {sys.platform}: the kernels are built for Linux only")
+    try:
+        lib = ctypes.CDLL(str(build(name, ffi=False)))
+    except OSError as e:  # a cached library this machine cannot load
+        raise KernelUnavailable(f"loading {name} failed: {e}") from e
+    _LOADED[name] = lib
     return lib
 
 

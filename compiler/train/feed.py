@@ -153,8 +153,10 @@ def _absl_flags_parsed() -> None:
 
 
 def is_lazy(arrays: Mapping[str, Any]) -> bool:
-    """Whether some array is read from disk when indexed (not an array in memory)."""
-    return any(not isinstance(v, np.ndarray) and hasattr(v, "take") for v in arrays.values())
+    """Whether some array is read from disk when indexed (not an array in memory). A mapped
+    `.npy` array is an ndarray, but indexing one faults its pages in: read it by chunks too."""
+    return any(getattr(v, "on_disk", False) or (not isinstance(v, np.ndarray)
+                                                and hasattr(v, "take")) for v in arrays.values())
 
 
 def eval_batches(x: Mapping[str, Any], y: Mapping[str, Any], idx: np.ndarray, budget: int
