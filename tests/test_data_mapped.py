@@ -136,3 +136,31 @@ def test_a_mapped_file_cut_short_under_a_reader_is_a_read_error(tmp_path):
         fh.truncate(128 + 500 * 64)  # the header and 500 rows are left
     with pytest.raises(OSError, match="short read at row 900"):
         np.take(mapped, np.array([3, 900]), axis=0)
+
+
+def test_threads_reading_mapped_rows_yield_to_the_training_step(tmp_path):
+    """A reader thread (Grain's, evaluation's read-ahead) drops to the lowest priority the
+    first time it reads, so its reads fill the gaps of the step's threads instead of
+    preempting them; the main thread keeps its priority."""
+    import os
+    import threading
+
+    from nnspec.compiler.data.mapped import READER_NICE, open_npy
+
+    np.save(tmp_path / "a.npy", np.arange(4000, dtype=np.float32).reshape(1000, 4))
+    mapped = open_npy(str(tmp_path / "a.npy"))
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+
+    def read() -> None:
+        me = threading.get_native_id()
+        seen.append(os.getpriority(os.PRIO_PROCESS, me))
+        assert np.array_equal(np.take(mapped, np.array([7, 3]), axis=0)[:, 0], [28, 12])
+        seen.append(os.getpriority(os.PRIO_PROCESS, me))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join()
+    assert seen == [main_before, max(READER_NICE, main_before)]
+    np.take(mapped, np.array([1]), axis=0)  # on the main thread: left alone
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
