@@ -77,10 +77,10 @@ def _native_gather():  # noqa: ANN202
     if not _gather:
         fn = None
         if os.environ.get("NNSPEC_NATIVE_GATHER", "1") != "0":
-            from nnspec.compiler.kernels.build import KernelUnavailable, load_plain
+            from nnspec.compiler.kernels.build import KernelUnavailable, load
 
             try:
-                lib = load_plain("gather")
+                lib = load("gather", plain=True)
                 fn = lib.nnspec_gather_rows
                 fn.restype = ctypes.c_int64
                 fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
@@ -161,7 +161,6 @@ class MappedArray(np.ndarray):
             raise IndexError(f"index {int(flat.max())} is out of bounds for {len(self)} rows")
         first = (self.ctypes.data - self._origin) // row  # this view's row 0 in the file
         result = np.empty((flat.size, *self.shape[1:]), self.dtype)
-        view = memoryview(result.reshape(-1).view(np.uint8))
         base = self._start + first * row
         flat = (flat % len(self)).astype(np.int64)
         # In ascending file order (one pass over the file, not random seeks), each row
@@ -172,13 +171,15 @@ class MappedArray(np.ndarray):
         if gather is not None and flat.size:
             failed = gather(self._fd, base, row, flat.ctypes.data, order.ctypes.data, flat.size,
                             result.ctypes.data)
-            if failed >= 0:
-                r = int(flat[order[failed]])
-                raise OSError(f"short read at row {r} of a mapped .npy file {self._path}")
+            failed = int(flat[order[failed]]) if failed >= 0 else None
         else:
+            failed, view = None, memoryview(result.reshape(-1).view(np.uint8))
             for i, r in zip(order.tolist(), flat[order].tolist()):
                 if os.preadv(self._fd, [view[i * row:(i + 1) * row]], base + r * row) != row:
-                    raise OSError(f"short read at row {r} of a mapped .npy file")
+                    failed = r
+                    break
+        if failed is not None:
+            raise OSError(f"short read at row {failed} of a mapped .npy file {self._path}")
         return result.reshape((*rows.shape, *self.shape[1:]))
 
 

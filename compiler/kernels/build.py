@@ -125,34 +125,26 @@ def build(name: str, ffi: bool = True) -> Path:
     return target
 
 
-def load(name: str) -> ctypes.CDLL:
-    """`<name>.cc` built, loaded and bound to numpy's OpenBLAS (once per process)."""
+def load(name: str, plain: bool = False) -> ctypes.CDLL:
+    """`<name>.cc` built, loaded and bound to numpy's OpenBLAS (once per process);
+    `plain=True`: a plain C library, built without the FFI headers (JAX not imported) and
+    bound to nothing."""
     if name in _LOADED:
         return _LOADED[name]
     if not sys.platform.startswith("linux"):
         raise KernelUnavailable(f"platform {sys.platform}: the kernels are built for Linux only")
-    blas = openblas()
-    if blas is None:
+    blas = None if plain else openblas()
+    if blas is None and not plain:
         raise KernelUnavailable("numpy has no bundled ILP64 OpenBLAS (numpy.libs)")
-    lib = ctypes.CDLL(str(build(name)))
-    lib.nnspec_bind_blas.restype = ctypes.c_int
-    if lib.nnspec_bind_blas(blas.encode(), SGEMM.encode(), LOCAL_THREADS.encode()):
-        raise KernelUnavailable(f"{blas} lacks {SGEMM} or {LOCAL_THREADS}")
-    _LOADED[name] = lib  # kept loaded for the process
-    return lib
-
-
-def load_plain(name: str) -> ctypes.CDLL:
-    """`<name>.cc`, plain C with no FFI or BLAS, built and loaded (once per process)."""
-    if name in _LOADED:
-        return _LOADED[name]
-    if not sys.platform.startswith("linux"):
-        raise KernelUnavailable(f"platform {sys.platform}: the kernels are built for Linux only")
     try:
-        lib = ctypes.CDLL(str(build(name, ffi=False)))
+        lib = ctypes.CDLL(str(build(name, ffi=not plain)))
     except OSError as e:  # a cached library this machine cannot load
         raise KernelUnavailable(f"loading {name} failed: {e}") from e
-    _LOADED[name] = lib
+    if blas is not None:
+        lib.nnspec_bind_blas.restype = ctypes.c_int
+        if lib.nnspec_bind_blas(blas.encode(), SGEMM.encode(), LOCAL_THREADS.encode()):
+            raise KernelUnavailable(f"{blas} lacks {SGEMM} or {LOCAL_THREADS}")
+    _LOADED[name] = lib  # kept loaded for the process
     return lib
 
 
