@@ -4,6 +4,7 @@ the same arrays in memory do (same weights, bit for bit), and bad folders are lo
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -98,16 +99,30 @@ def test_mapped_folder_errors_name_the_file(tmp_path):
     assert "truncated" in error()
 
 
-@pytest.mark.parametrize("reader", ["native", "python"])
-def test_mapped_rows_read_with_pread_equal_numpy_indexing(tmp_path, monkeypatch, reader):
+READERS = ["native", "pread", "python"]
+"""gather.cc's gather (io_uring where the kernel allows it), its pread loop, the Python loop."""
+
+
+def _use_reader(monkeypatch: pytest.MonkeyPatch, reader: str) -> None:
     from nnspec.compiler.data import mapped as mapped_module
+    from nnspec.compiler.kernels.build import KernelUnavailable
+
+    fn = None
+    if reader != "python":
+        try:
+            fn = mapped_module.native_reader(
+                "nnspec_gather_rows" if reader == "native" else "nnspec_gather_rows_pread")
+        except KernelUnavailable:
+            pytest.skip("no C++ compiler here: the native row gather is not built")
+    monkeypatch.setattr(mapped_module, "_gather", [fn])
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_mapped_rows_read_with_pread_equal_numpy_indexing(tmp_path, monkeypatch, reader):
     from nnspec.compiler.data.mapped import open_npy
 
-    native = mapped_module._native_gather()
-    if reader == "native" and native is None:
-        pytest.skip("no C++ compiler here: the native row gather is not built")
-    # The native gather (gather.cc) and the Python loop it stands in for read the same bytes.
-    monkeypatch.setattr(mapped_module, "_gather", [native if reader == "native" else None])
+    # The native gathers (gather.cc) and the Python loop they stand in for read the same bytes.
+    _use_reader(monkeypatch, reader)
     a = np.arange(6000, dtype=np.float64).reshape(1000, 2, 3)
     np.save(tmp_path / "a.npy", a)
     mapped = open_npy(str(tmp_path / "a.npy"))
@@ -125,17 +140,13 @@ def test_mapped_rows_read_with_pread_equal_numpy_indexing(tmp_path, monkeypatch,
     assert np.array_equal(np.take(open_npy(str(tmp_path / "b.npy")), rows, axis=0), big[rows])
 
 
-@pytest.mark.parametrize("reader", ["native", "python"])
+@pytest.mark.parametrize("reader", READERS)
 def test_a_mapped_file_cut_short_under_a_reader_is_a_read_error(tmp_path, monkeypatch, reader):
     """The file shrinks after it was opened (rewritten by someone else): the gather says which
     row it could not read instead of returning the zeros past the end."""
-    from nnspec.compiler.data import mapped as mapped_module
     from nnspec.compiler.data.mapped import open_npy
 
-    native = mapped_module._native_gather()
-    if reader == "native" and native is None:
-        pytest.skip("no C++ compiler here: the native row gather is not built")
-    monkeypatch.setattr(mapped_module, "_gather", [native if reader == "native" else None])
+    _use_reader(monkeypatch, reader)
     np.save(tmp_path / "a.npy", np.ones((1000, 16), np.float32))
     mapped = open_npy(str(tmp_path / "a.npy"))
     with open(tmp_path / "a.npy", "r+b") as fh:
@@ -170,3 +181,33 @@ def test_threads_reading_mapped_rows_yield_to_the_training_step(tmp_path):
     assert seen == [main_before, max(READER_NICE, main_before)]
     np.take(mapped, np.array([1]), axis=0)  # on the main thread: left alone
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
+
+
+def test_io_uring_can_be_turned_off_and_reads_the_same_rows(tmp_path):
+    """`NNSPEC_IO_URING=0` reads with pread; either way the rows are the file's (a fresh
+    process each: the reader is chosen once per process)."""
+    import subprocess
+    import sys
+
+    a = np.random.default_rng(0).integers(0, 255, (3000, 1000), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", a)
+    rows = np.random.default_rng(1).integers(0, 3000, 2000)
+    np.save(tmp_path / "rows.npy", rows)
+    script = (
+        "import sys, numpy as np\n"
+        "from nnspec.compiler.data.mapped import open_npy, reader_in_use\n"
+        f"m = open_npy({str(tmp_path / 'a.npy')!r})\n"
+        f"rows = np.load({str(tmp_path / 'rows.npy')!r})\n"
+        "np.save(sys.argv[1], np.take(m, rows, axis=0)); print(reader_in_use())\n")
+    used = {}
+    for setting in ("1", "0"):
+        out = tmp_path / f"out{setting}.npy"
+        proc = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                              text=True, env={**os.environ, "NNSPEC_IO_URING": setting})
+        assert proc.returncode == 0, proc.stderr
+        used[setting] = proc.stdout.split()[-1]
+        assert np.array_equal(np.load(out), a[rows])
+    if used["1"] == "python":
+        pytest.skip("no C++ compiler here: the native row gather is not built")
+    assert used["0"] == "pread"
+    assert used["1"] in ("io_uring", "pread")  # pread where the kernel or a seccomp refuses

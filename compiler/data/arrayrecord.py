@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from nnspec.compiler.data.buffers import empty_aligned
 from nnspec.spec.errors import DataError
 from nnspec.spec.schema import DataSpec, InputSpec
 
@@ -92,7 +93,7 @@ class RecordColumn:
 
             self._source = grain.sources.ArrayRecordDataSource(self.paths)
         flat = rows.reshape(-1)
-        out = np.empty((flat.size, *self.shape[1:]), self.dtype)
+        out = empty_aligned((flat.size, *self.shape[1:]), self.dtype)
         if not flat.size:
             return out.reshape((*rows.shape, *self.shape[1:]))
         order = np.argsort(flat, kind="stable")

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from nnspec.compiler.data.buffers import empty_aligned
 from nnspec.spec.errors import DataError
 from nnspec.spec.schema import DataSpec, InputSpec
 
@@ -139,7 +140,7 @@ class ImageColumn:
         if axis != 0 or out is not None:
             raise ValueError("ImageColumn.take reads along axis 0 only")
         rows = np.asarray(indices, np.int64)
-        out = np.empty((rows.size, *self.shape[1:]), self.dtype)
+        out = empty_aligned((rows.size, *self.shape[1:]), self.dtype)
         for i, r in enumerate(rows.reshape(-1).tolist()):
             out[i] = decode(self.files[r], self.spec.shape, self.resize, self.name)
         return out.reshape((*rows.shape, *self.shape[1:]))

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from nnspec.compiler.data.buffers import empty_aligned
 from nnspec.spec.errors import DataError
 from nnspec.spec.schema import DataSpec, InputSpec
 
@@ -70,21 +71,43 @@ def _release_loop() -> None:
 _gather: list = []  # the native row gather once looked up: [function or None]
 
 
+def native_reader(name: str = "nnspec_gather_rows"):  # noqa: ANN201
+    """A row gather of `compiler/kernels/gather.cc` bound with ctypes: `nnspec_gather_rows`
+    (io_uring where the kernel allows it, else pread) or `nnspec_gather_rows_pread`. Raises
+    `KernelUnavailable` where it cannot be built."""
+    from nnspec.compiler.kernels.build import load
+
+    fn = getattr(load("gather", plain=True), name)
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    return fn
+
+
+def reader_in_use() -> str:
+    """How this process reads mapped rows: `io_uring`, `pread` (C), `python` (the os.preadv
+    loop), or `none yet` (no mapped rows read so far)."""
+    if not _gather:
+        return "none yet"
+    if _gather[0] is None:
+        return "python"
+    from nnspec.compiler.kernels.build import load
+
+    state = load("gather", plain=True).nnspec_gather_reader()
+    return {1: "io_uring", 0: "pread"}.get(state, "none yet")
+
+
 def _native_gather():  # noqa: ANN202
     """`compiler/kernels/gather.cc`'s row gather (built on first use), or None: then rows are
-    read by a Python loop of `os.preadv`, the same bytes at about twice the CPU a row (no C++
-    compiler, not Linux, or `NNSPEC_NATIVE_GATHER=0`)."""
+    read by a Python loop of `os.preadv`, the same bytes at 2.5-4.5 times the CPU a row (no
+    C++ compiler, not Linux, or `NNSPEC_NATIVE_GATHER=0`)."""
     if not _gather:
         fn = None
         if os.environ.get("NNSPEC_NATIVE_GATHER", "1") != "0":
-            from nnspec.compiler.kernels.build import KernelUnavailable, load
+            from nnspec.compiler.kernels.build import KernelUnavailable
 
             try:
-                lib = load("gather", plain=True)
-                fn = lib.nnspec_gather_rows
-                fn.restype = ctypes.c_int64
-                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+                fn = native_reader("nnspec_gather_rows")
             except KernelUnavailable:
                 fn = None
         _gather.append(fn)
@@ -160,7 +183,8 @@ class MappedArray(np.ndarray):
         if flat.size and (flat.min() < -len(self) or flat.max() >= len(self)):
             raise IndexError(f"index {int(flat.max())} is out of bounds for {len(self)} rows")
         first = (self.ctypes.data - self._origin) // row  # this view's row 0 in the file
-        result = np.empty((flat.size, *self.shape[1:]), self.dtype)
+        # Aligned, so the device takes the chunk without copying it (`buffers`).
+        result = empty_aligned((flat.size, *self.shape[1:]), self.dtype)
         base = self._start + first * row
         flat = (flat % len(self)).astype(np.int64)
         # In ascending file order (one pass over the file, not random seeks), each row

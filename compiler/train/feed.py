@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from nnspec.compiler.data.buffers import take_rows
+
 DEPTH = 2
 """Chunks Grain reads ahead of the one training (per worker when it has workers)."""
 
@@ -40,11 +42,7 @@ def epoch_rows(seed: int, epoch: int, n: int, idx0: np.ndarray) -> np.ndarray:
 def gather(arrays: Mapping[str, Any], rows: np.ndarray) -> dict[str, np.ndarray]:
     """arrays[rows] for a block of row indices, each source read in ascending row order (one
     pass over the file instead of random seeks; `take` puts each row where it belongs)."""
-    # A lazy column's own `take` (image files, records, Parquet row groups), called directly:
-    # `np.take` passes `out=`/`mode=`, and on the TypeError of a `take` without them it falls
-    # back to `np.asarray(column)`, decoding the whole split for every chunk.
-    return {k: np.asarray(np.take(v, rows, axis=0) if isinstance(v, np.ndarray)
-                          else v.take(rows, axis=0)) for k, v in arrays.items()}
+    return {k: take_rows(v, rows) for k, v in arrays.items()}
 
 
 class ChunkAt:

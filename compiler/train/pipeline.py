@@ -20,13 +20,18 @@ from typing import Any
 import jax
 import numpy as np
 
+from nnspec.compiler.data.buffers import take_rows
 from nnspec.compiler.graph.ir import Graph
 
-STREAM_CHUNK_BYTES = 64 << 20
+STREAM_CHUNK_BYTES = 32 << 20
 """Most host bytes gathered per streamed chunk: large enough that one transfer feeds many
 steps, small enough that the chunks alive at once (the one training, `depth` queued, one
-being gathered) stay cheap."""
-MAX_STREAM_CHUNK = 64
+being gathered) stay cheap, and at glibc's raised mmap threshold (cli/_cpu.py) so most
+chunk buffers come from the heap, not fresh pages faulted in on every chunk."""
+MAX_STREAM_CHUNK = 128
+"""Most steps per streamed chunk. Each chunk costs a fixed few ms (a Grain element, the sort
+of its rows, one train call); the streamed MLP of benchmarks/stream_memmap.py (1 KiB
+samples) ran 149-160 k samples/s with 64-step chunks and 163-172 k with 128, interleaved."""
 
 
 def choose_loop(graph: Graph, requested: str, backend: str | None = None) -> str:
@@ -80,7 +85,7 @@ def abstract_rows(arrays: dict[str, Any], lead: tuple[int, ...], sharding: Any =
 
 def gather_chunk(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
     """arrays[rows] for a (K, B) block of row indices: each array becomes (K, B, ...)."""
-    return {k: np.take(v, rows, axis=0) for k, v in arrays.items()}
+    return {k: take_rows(v, rows) for k, v in arrays.items()}
 
 
 def to_device(arrays: dict[str, np.ndarray], sharding: Any, width: int) -> dict[str, Any]:
