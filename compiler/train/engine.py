@@ -70,6 +70,8 @@ class TrainResult:
     train_seconds: float
     steps: int
     predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """By split and output, the final model's outputs on the validation and test splits (the
+    training split's are not kept: `{}`)."""
     targets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     stopped_early: int | None = None
     best_epoch: int | None = None
@@ -274,12 +276,17 @@ class Trainer:
         """Loss and every metric of `variables` on a whole split (inference mode); metrics
         are computed over the whole split at once (exact macro F1, AUC...)."""
         from nnspec.compiler.train import feed
-        from nnspec.compiler.train.evaluation import evaluate_predictions
+        from nnspec.compiler.train.split_metrics import SplitMetrics
 
         step = step or self.eval_step()
         idx, mask = _padded_batches(len(split), min(EVAL_BATCH, len(split)))
         total: dict[str, Any] | None = None
-        outputs: dict[str, list[np.ndarray]] = {h.output: [] for h in self.heads}
+        # Only what `keep` asks for stays in memory: a streamed split's outputs can be larger
+        # than memory, so the metrics are accumulated batch by batch (`SplitMetrics`).
+        outputs: dict[str, list[np.ndarray]] = {h.output: [] for h in self.heads} if keep else {}
+        tallies = [(h, SplitMetrics(h.metrics, self.spec.top_k,
+                                    multi_label=h.loss.name == "binary_crossentropy"))
+                   for h in self.heads if h.metrics]
         # A split read from disk (Parquet row groups, image files, records) is read a chunk of
         # batches at a time, ahead of the step; in memory, each batch is indexed.
         batches = (feed.eval_batches(split.x, split.y, idx, STREAM_CHUNK_BYTES)
@@ -291,19 +298,15 @@ class Trainer:
             real = mask[b] > 0
             for name in outputs:
                 outputs[name].append(np.asarray(outs[name])[real])
+            for head, tally in tallies:
+                scores = scores_of(self.forms[head.output], head.loss.name, outs[head.output])
+                tally.update(np.asarray(scores)[real], np.asarray(ys[head.output])[real])
         host = jax.device_get(total)
         count = float(host.pop("count"))
         result = {k: float(v) / count for k, v in host.items()}
-        predictions = {k: np.concatenate(v) for k, v in outputs.items()}
-        for head in self.heads:
-            if head.metrics:
-                scores = np.asarray(scores_of(self.forms[head.output], head.loss.name,
-                                              jnp.asarray(predictions[head.output])))
-                found = evaluate_predictions(
-                    scores, split.y[head.output], head.metrics, self.spec.top_k,
-                    multi_label=head.loss.name == "binary_crossentropy")
-                result.update({self._key(head, k): v for k, v in found.items()})
-        return result, predictions if keep else {}
+        for head, tally in tallies:
+            result.update({self._key(head, k): v for k, v in tally.result().items()})
+        return result, {k: np.concatenate(v) for k, v in outputs.items()}
 
     def _route(self, fused: bool, stream: bool, mask: np.ndarray, host_x: dict, host_y: dict,
                x_all: Any, y_all: Any, idx0: np.ndarray | None = None) -> Route:
@@ -555,7 +558,9 @@ class Trainer:
             final = jax.tree.map(jnp.asarray, best_vars)
         metrics, predictions = {}, {}
         for name, split in data.splits().items():
-            metrics[name], predictions[name] = self.evaluate(final, split, evaluate, keep=True)
+            # The training split's outputs are never read back, and streamed it may not fit.
+            metrics[name], predictions[name] = self.evaluate(final, split, evaluate,
+                                                             keep=name != "train")
         return TrainResult(
             variables=jax.device_get(final), history=history, metrics=metrics,
             samples_per_second=(n * trained_steps / steps / train_seconds
