@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import EXAMPLES, run_cli
 
 
@@ -59,3 +60,31 @@ train: {epochs: 1, loss: sparse_categorical_crossentropy}
     assert "samples: train 6" in result.stdout and "Traceback" not in result.stderr
     with Image.open(sheet) as image:
         assert image.width > 0 and image.format == "PNG"
+
+
+def test_a_parquet_file_is_profiled_block_by_block_as_the_same_csv(tmp_path, monkeypatch):
+    """The column report of a Parquet file, read a record batch at a time, equals the one of
+    the same rows as a CSV read whole: counts, ranges, exact means, vocabularies."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    import yaml
+
+    from nnspec.compiler.data import parquet, profile
+    from nnspec.spec.validate import load_spec
+
+    pq.write_table(pacsv.read_csv(EXAMPLES / "data" / "penguins.csv"),
+                   tmp_path / "penguins.parquet", row_group_size=50)
+    spec = yaml.safe_load((EXAMPLES / "penguins.yaml").read_text())
+    spec["data"].update(source="parquet", path="penguins.parquet")
+    (tmp_path / "penguins.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(parquet, "BLOCK_BYTES", 1)  # the smallest blocks: 256 rows
+    blocks = [len(b.cells["island"]) for b in parquet.ParquetRows(
+        str(tmp_path / "penguins.parquet"), ["island"]).blocks()]
+    assert len(blocks) > 1, blocks  # the file is read in more than one block
+    reports = [profile.profile(load_spec(str(path)), ["species"]) for path in
+               (EXAMPLES / "penguins.yaml", tmp_path / "penguins.yaml")]
+    csv, columns = ({c["column"]: c for c in r["columns"]} for r in reports)
+    assert csv == columns
+    assert columns["species"] == {"column": "species", "missing": 0, "type": "categorical",
+                                  "distinct": 3}
+    assert columns["bill_length_mm"]["mean"] == pytest.approx(43.92193, abs=1e-5)

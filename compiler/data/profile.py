@@ -5,6 +5,7 @@ JAX."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from nnspec.compiler.data.dataset import Dataset, make_dataset
+from nnspec.compiler.data.tablestats import _exact_sum
 from nnspec.runtime import tables as rt
 from nnspec.spec.errors import DataError
 from nnspec.spec.validate import LoadedSpec
@@ -28,40 +30,76 @@ def _plain(value: np.ndarray) -> Any:
     return value.tolist()
 
 
+DISTINCT_CAP = 100_000
+"""Distinct values `nnspec data` counts in a column of undeclared type before it stops: a
+numeric label column of a huge file would otherwise hold every value in a set."""
+
+
+class _ColumnTally:
+    """One column's statistics, added block by block (a table in memory is one block)."""
+
+    def __init__(self, numeric_only: bool):
+        self.numeric_only = numeric_only
+        self.cells = self.missing = self.bad = self.seen = 0
+        self.low, self.high, self.total = math.inf, -math.inf, []  # total: exact partial sums
+        self.distinct: set = set()
+
+    def add(self, cells: Any, column: str, where: Any) -> None:
+        self.cells += len(cells)
+        values, bad = rt.numbers(cells, column, where)
+        self.bad += len(bad)
+        if isinstance(cells, np.ndarray) and np.issubdtype(cells.dtype, np.number):
+            self.missing += int(np.isnan(values).sum())
+        else:
+            self.missing += int(sum(rt.is_missing(v) for v in cells))
+        seen = values[~np.isnan(values)]
+        if len(seen):
+            self.seen += len(seen)
+            self.low, self.high = min(self.low, float(seen.min())), max(self.high,
+                                                                        float(seen.max()))
+            self.total = _exact_sum(self.total, seen.tolist())
+        if not self.numeric_only and len(self.distinct) < DISTINCT_CAP:
+            self.distinct.update(rt.text(v) for v in cells)
+            self.distinct.discard(None)
+
+    def row(self, item: dict[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {"missing": self.missing}
+        kind = item.get("type", "numeric" if self.bad <= 0.1 * self.cells else "categorical")
+        if kind == "numeric":
+            found = self.seen > 0
+            row.update(type="numeric", min=self.low if found else None,
+                       max=self.high if found else None,
+                       mean=math.fsum(self.total) / self.seen if found else None)
+            if item:
+                row["fill"] = item.get("fill")
+            return row
+        row.update(type="categorical", distinct=len(self.distinct))
+        if len(self.distinct) >= DISTINCT_CAP:
+            row["distinct_counted_up_to"] = DISTINCT_CAP
+        if "vocabulary" in item:
+            row["vocabulary_size"] = len(item["vocabulary"])
+        return row
+
+
 def _columns(loaded: LoadedSpec, data: Dataset) -> list[dict[str, Any]]:
-    """Per-column type, range, missing count and vocabulary size of a table source."""
+    """Per-column type, range, missing count and vocabulary size of a table source, read in
+    blocks (a Parquet file a record batch at a time: never the file whole)."""
     from nnspec.compiler.data import tables
+    from nnspec.compiler.data.parquet import ParquetRows
     from nnspec.compiler.data.sources import resolve
 
     spec = loaded.spec.data
     path = resolve(spec.path or "", loaded.folder)
     needed = list(dict.fromkeys(c for e in spec.column_specs().values() for c in e.columns))
-    table = (tables.read_csv(path, needed)[0] if spec.source == "csv"
-             else tables.read_parquet(path, needed))
+    blocks = ((tables.read_csv(path, needed)[0],) if spec.source == "csv"
+              else ParquetRows(path, needed).blocks())
     items = {i["name"]: i for e in (data.table or {}).get("inputs", {}).values()
              for i in e["columns"]}
-    rows = []
-    for c in needed:
-        cells = table.cells[c]
-        item = items.get(c, {})
-        missing = int(sum(rt.is_missing(v) for v in cells))
-        row: dict[str, Any] = {"column": c, "missing": missing}
-        values, bad = rt.numbers(cells, c, table.where)
-        if item.get("type", "numeric" if len(bad) <= 0.1 * len(cells) else
-                    "categorical") == "numeric":
-            seen = values[~np.isnan(values)]
-            row.update(type="numeric", min=float(seen.min()) if len(seen) else None,
-                       max=float(seen.max()) if len(seen) else None,
-                       mean=float(seen.mean()) if len(seen) else None)
-            if item:
-                row["fill"] = item.get("fill")
-        else:
-            distinct = {rt.text(v) for v in cells} - {None}
-            row.update(type="categorical", distinct=len(distinct))
-            if "vocabulary" in item:
-                row["vocabulary_size"] = len(item["vocabulary"])
-        rows.append(row)
-    return rows
+    tallies = {c: _ColumnTally(items.get(c, {}).get("type") == "numeric") for c in needed}
+    for block in blocks:
+        for c in needed:
+            tallies[c].add(block.cells[c], c, block.where)
+    return [{"column": c, **tallies[c].row(items.get(c, {}))} for c in needed]
 
 
 def profile(loaded: LoadedSpec, outputs: Sequence[str]) -> dict[str, Any]:
