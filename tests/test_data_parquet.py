@@ -67,6 +67,12 @@ def test_streamed_parquet_trains_and_evaluates_as_in_memory(tmp_path):
     for split in ("validation", "test"):
         np.testing.assert_array_equal(streamed.predictions[split]["species"],
                                       eager.predictions[split]["species"])
+    # A checkpoint of one route is resumable on the other: the data hashes the same.
+    from nnspec.compiler.train.checkpoint import data_sha256
+
+    assert data_sha256(data.splits()) == data_sha256(eager_data.splits())
+    changed = eager_data.splits()["train"].fingerprints
+    assert changed and all(len(v) == 32 for v in changed.values())
 
 
 def test_lazy_reads_equal_the_file_in_memory_and_bad_cells_are_located(tmp_path):

@@ -20,6 +20,10 @@ class Split:
 
     x: dict[str, np.ndarray]
     y: dict[str, np.ndarray]
+    fingerprints: dict[str, bytes] = field(default_factory=dict)
+    """By input: what the checkpoint's data hash takes instead of the values (the inputs of a
+    Parquet file's split, the same on the lazy and the in-memory route); not carried by
+    `take`."""
 
     def __len__(self) -> int:
         return len(next(iter(self.x.values()))) if self.x else 0

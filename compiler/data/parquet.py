@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from nnspec.compiler.data.buffers import empty_aligned
 from nnspec.compiler.data.tables import Table
 from nnspec.runtime import tables as rt
 from nnspec.spec.errors import DataError
@@ -171,7 +172,7 @@ class ParquetRows:
         out = {}
         for name, values in encoded.items():
             values = fit_input(values, self.inputs[name], name)
-            placed = np.empty_like(values)
+            placed = empty_aligned(values.shape, values.dtype)
             placed[order] = values
             out[name] = placed
         self._memo = (key, out)
@@ -183,12 +184,31 @@ class ParquetRows:
     def digest(self) -> bytes:
         """SHA-256 of the file's bytes (read in blocks, once a process)."""
         if self._digest is None:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as fh:
-                for block in iter(lambda: fh.read(64 << 20), b""):
-                    h.update(block)
-            self._digest = h.digest()
+            self._digest = file_digest(self.path)
         return self._digest
+
+
+def file_digest(path: str) -> bytes:
+    """SHA-256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(64 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def column_fingerprint(digest: bytes, encoding: Any, name: str, rows: np.ndarray) -> bytes:
+    """What the checkpoint's data hash takes for input `name` of a split of a Parquet file,
+    instead of its values: the file's bytes (`digest`), the encoding, the input and the file
+    rows of the split. The same whether the split is read lazily (`TableColumn`) or encoded in
+    memory, so a `--resume` that takes the other route knows the data for the same."""
+    import json
+
+    h = hashlib.sha256(digest)
+    h.update(json.dumps(encoding, sort_keys=True).encode())
+    h.update(name.encode())
+    h.update(np.asarray(rows, np.int64).tobytes())
+    return h.digest()
 
 
 class TableColumn:
@@ -238,13 +258,7 @@ class TableColumn:
 
     def fingerprint(self) -> bytes:
         """What the checkpoint's data hash takes instead of reading the column in the order of
-        its rows (a decode of the whole file per block): the file's bytes, the encoding, the
-        input and the rows."""
-        import json
-
-        h = hashlib.sha256(self.source.digest())
-        h.update(json.dumps(self.source.encoding, sort_keys=True).encode())
-        h.update(self.name.encode())
-        h.update(self.rows.tobytes())
-        return h.digest()
+        its rows (a decode of the whole file per block): `column_fingerprint`."""
+        return column_fingerprint(self.source.digest(), self.source.encoding, self.name,
+                                  self.rows)
 

@@ -114,6 +114,8 @@ def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
     if source is not None:
         source.encoding, source.inputs = spec, dict(inputs)
 
+    # A Parquet file in memory is hashed as the lazy route hashes it (`column_fingerprint`).
+    digest = parquet.file_digest(path) if source is None and data.source == "parquet" else None
     origins = {k: rows[at] for k, at in (("train", train), ("validation", val), ("test", test))}
 
     def split(at: np.ndarray, origin: np.ndarray) -> Split:
@@ -122,8 +124,10 @@ def table_dataset(data: DataSpec, inputs: Mapping[str, InputSpec], outputs: Sequ
                          {k: v[at] for k, v in y.items()})
         cells = {c: _subset(table.cells[c], origin) for c in needed}
         x = rt.encode(spec, cells, lambda i: table.where(int(origin[i])))
+        prints = {} if digest is None else {
+            n: parquet.column_fingerprint(digest, spec, n, origin) for n in inputs}
         return Split({n: fit_input(x[n], inputs[n], n) for n in inputs},
-                     {k: v[at] for k, v in y.items()})
+                     {k: v[at] for k, v in y.items()}, prints)
 
     meta = {"source": data.source, "inputs": spec,
             "outputs": {n: {"columns": columns[n].columns, **(

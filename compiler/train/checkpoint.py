@@ -61,8 +61,11 @@ def data_sha256(splits: dict[str, Any]) -> str:
                 head = np.asarray(value[:1])
                 shape = (len(value), *head.shape[1:])
                 digest.update(f"{split_name}/{kind}/{name}:{head.dtype.str}{shape}".encode())
-                if hasattr(value, "fingerprint"):  # a lazy Parquet column: file, encoding, rows
-                    digest.update(value.fingerprint())
+                # A Parquet file's input, lazy or in memory: file, encoding, rows.
+                printed = (split.fingerprints.get(name) if kind == "x" else None) or (
+                    value.fingerprint() if hasattr(value, "fingerprint") else None)
+                if printed is not None:
+                    digest.update(printed)
                     continue
                 # In blocks of rows: a memory-mapped or lazy set larger than memory is
                 # hashed without being read whole (the digest is the same as in one piece).
