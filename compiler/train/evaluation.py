@@ -200,7 +200,11 @@ def auc(outputs: np.ndarray, targets: np.ndarray) -> float:
     score = c.scores[:, 1]
     if np.isnan(score).any():
         raise ValueError("auc: the scores contain NaN")
-    positive = c.labels == 1
+    return _rank_auc(score, c.labels == 1)
+
+
+def _rank_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """The Mann-Whitney AUC of scores whose positives are `positive`; NaN with one class."""
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:

@@ -19,10 +19,10 @@ import numpy as np
 
 from nnspec.compiler.train.evaluation import (
     METRICS,
-    _average_ranks,
     _check_lengths,
     _classes,
     _confusion,
+    _rank_auc,
     _ratio,
     _regression,
 )
@@ -132,8 +132,8 @@ class SplitMetrics:
             elif name == "top_k_accuracy":
                 out[name] = self._top_k_hits / int(self._confusion.sum())
             elif name == "auc":
-                out[name] = _auc(np.concatenate([s for s, _ in self._auc]),
-                                 np.concatenate([lab for _, lab in self._auc]))
+                out[name] = _rank_auc(np.concatenate([s for s, _ in self._auc]),
+                                      np.concatenate([lab for _, lab in self._auc]) == 1)
             elif name == "mae":
                 out[name] = math.fsum(self._abs) / self._values
             elif name == "rmse":
@@ -166,13 +166,3 @@ def _from_confusion(name: str, m: np.ndarray) -> float:
         return float(np.mean(_ratio(tp, true)[present]))
     return float(np.mean(_ratio(2.0 * tp, (predicted + true).astype(np.float64))[present]))
 
-
-def _auc(score: np.ndarray, labels: np.ndarray) -> float:
-    """`evaluation.auc` of the positive class's scores and 0/1 labels."""
-    positive = labels == 1
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    rank_sum = float(_average_ranks(score)[positive].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
